@@ -1,0 +1,97 @@
+# The pipeline, one target per stage. `make` alone lists the targets.
+# Every stage target depends on `install`, so a fresh clone needs no other step.
+
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+MAKEFLAGS += --no-print-directory
+
+# ---- settings (override on the command line: make extract RAW_DIR=...) ----
+DATA_VERSION ?= v1
+RAW_DIR ?= data/raw/$(DATA_VERSION)
+PROCESSED_DIR ?= data/processed/$(DATA_VERSION)
+MAPPING ?= data/category_mapping.toml
+UNKNOWN_LABEL ?=
+KAGGLE_DATASET ?= lokeshparab/amazon-products-dataset
+EXTRAS ?=
+PYTEST_ARGS ?=
+
+PYTHON_BOOTSTRAP ?= python3
+POETRY_VERSION := 2.5.1
+TOOLS_DIR := .tools
+POETRY := $(TOOLS_DIR)/bin/poetry
+VENV := .venv
+PY := $(VENV)/bin/python
+empty :=
+space := $(empty) $(empty)
+INSTALL_STAMP := $(VENV)/.installed-$(or $(subst $(space),-,$(strip $(EXTRAS))),cpu)
+
+# Quiet TensorFlow's start-up banner in every stage; errors still print.
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: help install test test-fast lint format download extract merge relabel prepare demo clean
+
+help: ## List the targets and what each one does
+	@echo "Usage: make <target> [VARIABLE=value ...]"
+	@echo
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo
+	@echo "Variables: DATA_VERSION=$(DATA_VERSION) RAW_DIR=$(RAW_DIR) PROCESSED_DIR=$(PROCESSED_DIR)"
+	@echo "           MAPPING=$(MAPPING) UNKNOWN_LABEL=$(UNKNOWN_LABEL) EXTRAS=$(EXTRAS)"
+
+# ---- set-up ----
+
+$(POETRY):
+	$(PYTHON_BOOTSTRAP) -m venv $(TOOLS_DIR)
+	$(TOOLS_DIR)/bin/pip install --quiet "poetry==$(POETRY_VERSION)"
+
+$(INSTALL_STAMP): pyproject.toml poetry.lock | $(POETRY)
+	$(POETRY) check --lock
+	$(POETRY) install --no-interaction $(if $(EXTRAS),--extras "$(EXTRAS)")
+	@rm -f $(VENV)/.installed*
+	@touch $@
+
+install: $(INSTALL_STAMP) ## Create .venv with every dependency (idempotent; EXTRAS=gpu on a GPU VM)
+
+# ---- checks ----
+
+lint: install ## Check formatting, import order and flake8
+	$(VENV)/bin/black --check --quiet .
+	$(VENV)/bin/isort --check-only --quiet .
+	$(VENV)/bin/flake8
+
+format: install ## Rewrite files with black and isort
+	$(VENV)/bin/isort --quiet .
+	$(VENV)/bin/black --quiet .
+
+test: install lint ## Run the whole test suite, slow end-to-end tests included
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install ## Run the tests without the slow end-to-end ones
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# ---- data preparation ----
+
+download: install ## Fetch the Kaggle dataset into RAW_DIR with the Kaggle API
+	$(PY) -m data.scripts.download --dataset "$(KAGGLE_DATASET)" --out-dir "$(RAW_DIR)"
+
+extract: install ## Keep categories, image URL and origin of every CSV row under RAW_DIR
+	$(PY) -m data.scripts.extract --raw-dir "$(RAW_DIR)" --out-dir "$(PROCESSED_DIR)"
+
+merge: install ## Merge extracted files, drop bad and duplicate URLs, then relabel
+	$(PY) -m data.scripts.merge --processed-dir "$(PROCESSED_DIR)" --mapping "$(MAPPING)"
+	$(MAKE) relabel
+
+relabel: install ## Map main categories onto labels with MAPPING into products.parquet
+	$(PY) -m data.scripts.relabel --processed-dir "$(PROCESSED_DIR)" --mapping "$(MAPPING)" \
+		$(if $(UNKNOWN_LABEL),--unknown-label "$(UNKNOWN_LABEL)")
+
+prepare: extract merge ## Run every data-preparation stage: extract, merge, relabel
+
+demo: install ## Run the whole pipeline on a generated catalogue (not built yet)
+	@echo "make demo: the end-to-end demo on a generated catalogue is not built yet."
+	@echo "Run 'make prepare RAW_DIR=<folder of Amazon Products CSV files>' for the data stages."
+
+clean: ## Remove processed data of DATA_VERSION (raw downloads are kept)
+	rm -rf "$(PROCESSED_DIR)"

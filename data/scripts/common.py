@@ -1,0 +1,90 @@
+"""Helpers shared by every stage: paths, logging set-up, atomic writes and stats files.
+
+Every stage module imports from here and nothing here runs at import time, so a
+stage configures logging once in its own ``main``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_DATA_VERSION = "v1"
+
+logger = logging.getLogger(__name__)
+
+
+def raw_dir(data_version: str = DEFAULT_DATA_VERSION) -> Path:
+    """Return ``data/raw/<data_version>`` under the project root."""
+    return PROJECT_ROOT / "data" / "raw" / data_version
+
+
+def processed_dir(data_version: str = DEFAULT_DATA_VERSION) -> Path:
+    """Return ``data/processed/<data_version>`` under the project root."""
+    return PROJECT_ROOT / "data" / "processed" / data_version
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Configure the root logger once, for a stage's command line entry point."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` and move it onto ``path`` on success.
+
+    The temporary file lives in the same folder, so the final ``os.replace`` is a
+    rename on one file system: readers see either the old file or the complete new
+    one, never a partial write. On an exception the temporary file is removed and
+    ``path`` is left as it was.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: str | os.PathLike[str], payload: Any) -> None:
+    """Write ``payload`` as indented UTF-8 JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+
+
+def stats_path(out_dir: str | os.PathLike[str], stage: str) -> Path:
+    """Return where ``stage`` writes its counts: ``<out_dir>/stats/<stage>.json``."""
+    return Path(out_dir) / "stats" / f"{stage}.json"
+
+
+def write_stats(out_dir: str | os.PathLike[str], stage: str, stats: dict[str, Any]) -> Path:
+    """Write a stage's counts to ``<out_dir>/stats/<stage>.json`` with a timestamp."""
+    path = stats_path(out_dir, stage)
+    write_json(path, {"stage": stage, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **stats})
+    return path
+
+
+def count_values(values: pa.ChunkedArray | pa.Array) -> dict[str, int]:
+    """Return ``{value: rows}`` sorted by value, for the stats files."""
+    counts = sorted(pc.value_counts(values).to_pylist(), key=lambda row: str(row["values"]))
+    return {str(row["values"]): row["counts"] for row in counts}
