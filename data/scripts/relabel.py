@@ -1,0 +1,297 @@
+"""Relabel stage: map the source main categories onto the labels the model learns.
+
+Reads ``<processed-dir>/merged.parquet`` and the mapping file (TOML, edited by users,
+default ``data/category_mapping.toml``) and writes ``<processed-dir>/products.parquet``
+with two more columns: ``label`` (a safe folder name such as ``household_essentials``)
+and ``label_name`` (the display name from the mapping file), plus ``label_conflict``
+(True where the same URL also appeared under a main category that maps to another
+label). ``labels.json`` beside it lists the labels in mapping-file order with counts.
+
+A main category that the mapping does not list stops the stage before anything is
+written, with every unknown value in the message, unless ``--unknown-label`` names the
+label that such rows go to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from data.scripts.common import (
+    DEFAULT_DATA_VERSION,
+    PROJECT_ROOT,
+    atomic_path,
+    count_values,
+    processed_dir,
+    setup_logging,
+    write_json,
+    write_stats,
+)
+from data.scripts.text import normalise_category, safe_name
+
+logger = logging.getLogger(__name__)
+
+STAGE = "relabel"
+MERGED_FILE = "merged.parquet"
+PRODUCTS_FILE = "products.parquet"
+LABELS_FILE = "labels.json"
+DEFAULT_MAPPING = PROJECT_ROOT / "data" / "category_mapping.toml"
+EMPTY_CATEGORY = "(empty)"
+
+
+class MappingError(ValueError):
+    """The mapping file is invalid, or the data has categories it does not list."""
+
+
+@dataclass(frozen=True)
+class CategoryMapping:
+    """Labels in file order and the label of each normalised main category.
+
+    ``labels`` maps folder name to display name; ``label_of`` maps a normalised main
+    category to a folder name.
+    """
+
+    labels: dict[str, str]
+    label_of: dict[str, str]
+    source: str
+
+    def with_unknown_label(self, label: str) -> tuple[CategoryMapping, str]:
+        """Return a mapping that also has ``label`` (display or folder name) and its folder."""
+        for folder, display in self.labels.items():
+            if label in (folder, display):
+                return self, folder
+        folder = safe_name(label)
+        if folder in self.labels:
+            raise MappingError(
+                f"--unknown-label {label!r} becomes folder {folder!r}, which is already the "
+                f"folder of label {self.labels[folder]!r}; use that label's name instead"
+            )
+        return CategoryMapping({**self.labels, folder: label}, self.label_of, self.source), folder
+
+
+def load_mapping(path: Path) -> CategoryMapping:
+    """Read and check a mapping file; raise MappingError naming the problem and the fix."""
+    if not path.is_file():
+        raise MappingError(
+            f"mapping file {str(path)!r} not found; pass MAPPING=<file> or restore "
+            "data/category_mapping.toml from git"
+        )
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise MappingError(f"mapping file {str(path)!r} is not valid TOML: {exc}") from exc
+    entries = document.get("labels")
+    if not isinstance(entries, dict) or not entries:
+        raise MappingError(
+            f"mapping file {str(path)!r} needs a [labels] table with at least one label, "
+            'for example: [labels]\n"Fashion" = ["men\'s clothing"]'
+        )
+
+    labels: dict[str, str] = {}
+    label_of: dict[str, str] = {}
+    for display, categories in entries.items():
+        display = display.strip()
+        try:
+            folder = safe_name(display)
+        except ValueError as exc:
+            raise MappingError(f"mapping file {str(path)!r}: {exc}") from exc
+        if folder in labels:
+            raise MappingError(
+                f"mapping file {str(path)!r}: labels {labels[folder]!r} and {display!r} both "
+                f"become folder {folder!r}; rename one of them"
+            )
+        if not isinstance(categories, list) or not all(isinstance(c, str) for c in categories):
+            raise MappingError(
+                f"mapping file {str(path)!r}: label {display!r} must list main categories as "
+                f"strings, got {categories!r}"
+            )
+        labels[folder] = display
+        for category in categories:
+            key = normalise_category(category)
+            if key in label_of and label_of[key] != folder:
+                raise MappingError(
+                    f"mapping file {str(path)!r}: main category {category!r} is listed under "
+                    f"both {labels[label_of[key]]!r} and {display!r}; keep it under one label"
+                )
+            label_of[key] = folder
+    return CategoryMapping(labels=labels, label_of=label_of, source=str(path))
+
+
+def find_unknown_categories(
+    categories: pa.ChunkedArray, mapping: CategoryMapping
+) -> dict[str, int]:
+    """Return ``{category: rows}`` for the categories the mapping does not list."""
+    counts = pc.value_counts(pc.fill_null(categories, ""))
+    unknown = {}
+    for row in counts.to_pylist():
+        value = row["values"]
+        if normalise_category(value) not in mapping.label_of:
+            unknown[value or EMPTY_CATEGORY] = row["counts"]
+    return dict(sorted(unknown.items()))
+
+
+def unknown_category_message(unknown: dict[str, int], mapping: CategoryMapping) -> str:
+    listed = "\n".join(f"  {value!r}: {rows} rows" for value, rows in unknown.items())
+    return (
+        f"{len(unknown)} main category value(s) are not in the mapping file "
+        f"{mapping.source!r}:\n{listed}\n"
+        "Add each one to a label in the mapping file, or send them all to one label with "
+        'UNKNOWN_LABEL="<label>" (python -m data.scripts.relabel --unknown-label <label>).'
+    )
+
+
+def apply_mapping(
+    table: pa.Table, mapping: CategoryMapping, unknown_folder: str | None
+) -> tuple[pa.Table, int]:
+    """Add ``label``, ``label_name`` and ``label_conflict``; return the table and conflicts."""
+
+    def label_of(category: str | None) -> str | None:
+        return mapping.label_of.get(normalise_category(category or ""), unknown_folder)
+
+    # Map each distinct category once, then spread the result over the rows.
+    encoded = pc.dictionary_encode(table.column("main_category").combine_chunks())
+    folders = [label_of(category) for category in encoded.dictionary.to_pylist()]
+    labels = pc.take(pa.array(folders, pa.string()), encoded.indices)
+    names = pc.take(pa.array([mapping.labels[f] for f in folders], pa.string()), encoded.indices)
+
+    # Only URLs seen under several categories can conflict.
+    others = table.column("conflicting_main_categories").combine_chunks()
+    conflicts = [False] * table.num_rows
+    with_others = pc.indices_nonzero(pc.greater(pc.list_value_length(others), 0))
+    for index in with_others.to_pylist():
+        other_labels = {label_of(category) for category in others[index].as_py()}
+        conflicts[index] = bool(other_labels - {labels[index].as_py()})
+
+    table = table.append_column("label", labels)
+    table = table.append_column("label_name", names)
+    table = table.append_column("label_conflict", pa.array(conflicts, pa.bool_()))
+    return table, sum(conflicts)
+
+
+def run_relabel(
+    out_dir: Path, mapping_path: Path, unknown_label: str | None = None
+) -> dict[str, Any]:
+    """Write ``products.parquet`` and ``labels.json`` from ``merged.parquet``.
+
+    Raises MappingError, before writing anything, when the mapping file is invalid or
+    the data has main categories that it does not list and ``unknown_label`` is None.
+    """
+    started = time.monotonic()
+    mapping = load_mapping(mapping_path)
+    unknown_folder = None
+    if unknown_label is not None:
+        mapping, unknown_folder = mapping.with_unknown_label(unknown_label)
+    merged_path = out_dir / MERGED_FILE
+    if not merged_path.is_file():
+        raise FileNotFoundError(f"{str(merged_path)!r} not found; run 'make merge' first")
+    table = pq.read_table(merged_path)
+    logger.info("relabel: %d rows from %s with %s", table.num_rows, merged_path, mapping_path)
+
+    unknown = find_unknown_categories(table.column("main_category"), mapping)
+    if unknown and unknown_folder is None:
+        raise MappingError(unknown_category_message(unknown, mapping))
+    if unknown:
+        logger.warning(
+            "relabel: %d rows in %d unknown main categories go to label %r: %s",
+            sum(unknown.values()),
+            len(unknown),
+            unknown_folder,
+            ", ".join(map(repr, unknown)),
+        )
+    products, conflicts = apply_mapping(table, mapping, unknown_folder)
+
+    per_label = count_values(products.column("label"))
+    labels_payload = [
+        {"label": folder, "name": display, "rows": per_label.get(folder, 0)}
+        for folder, display in mapping.labels.items()
+    ]
+    with atomic_path(out_dir / PRODUCTS_FILE) as tmp:
+        pq.write_table(products, tmp, compression="zstd")
+    write_json(out_dir / LABELS_FILE, labels_payload)
+
+    stats = {
+        "seconds": round(time.monotonic() - started, 3),
+        "mapping": str(mapping_path),
+        "rows": products.num_rows,
+        "rows_per_label": per_label,
+        "labels_without_rows": [e["label"] for e in labels_payload if e["rows"] == 0],
+        "unknown_categories": unknown,
+        "unknown_label": unknown_folder,
+        "urls_with_label_conflict": conflicts,
+        "rows_per_category_and_label": _category_label_counts(products),
+    }
+    write_stats(out_dir, STAGE, stats)
+    logger.info(
+        "relabel: done in %.1f s: %d rows in %d labels (%s); %d URLs seen under "
+        "categories of different labels",
+        stats["seconds"],
+        products.num_rows,
+        len(per_label),
+        ", ".join(f"{k}={v}" for k, v in per_label.items()),
+        conflicts,
+    )
+    return stats
+
+
+def _category_label_counts(products: pa.Table) -> list[dict[str, Any]]:
+    grouped = products.group_by(["main_category", "label"]).aggregate([("key", "count")])
+    rows = grouped.to_pylist()
+    return sorted(
+        (
+            {"main_category": r["main_category"], "label": r["label"], "rows": r["key_count"]}
+            for r in rows
+        ),
+        key=lambda r: (r["label"], r["main_category"] or ""),
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m data.scripts.relabel",
+        description="Map main categories onto labels and write products.parquet.",
+    )
+    parser.add_argument(
+        "--processed-dir",
+        type=Path,
+        default=processed_dir(DEFAULT_DATA_VERSION),
+        help="folder with merged.parquet (default: data/processed/v1)",
+    )
+    parser.add_argument(
+        "--mapping",
+        type=Path,
+        default=DEFAULT_MAPPING,
+        help="TOML file mapping main categories onto labels (default: data/category_mapping.toml)",
+    )
+    parser.add_argument(
+        "--unknown-label",
+        default=None,
+        help="label (display or folder name) for main categories the mapping does not list; "
+        "a new name adds a label (default: unknown categories are an error)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="log debug messages")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        run_relabel(args.processed_dir, args.mapping, args.unknown_label)
+    except (MappingError, FileNotFoundError) as exc:
+        logger.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Image URL normalisation: one canonical, fully percent-encoded form per URL.
+
+The canonical form is what the merge stage deduplicates on, what the key is hashed
+from, and exactly what the download stage sends (aiohttp is told the URL is already
+encoded, so nothing re-quotes it on the way out). Rules, after RFC 3986 section 6:
+
+* leading and trailing whitespace removed; a URL with control characters is invalid;
+* ``//host/path`` (protocol-relative) becomes ``https://host/path``;
+* only ``http`` and ``https``; scheme and host lower case, host IDNA-encoded,
+  default ports (80, 443) dropped, an empty path becomes ``/``, the fragment dropped;
+* in path and query, existing ``%XX`` escapes are kept (hex upper-cased), a bare ``%``
+  becomes ``%25``, and spaces, non-ASCII and other unsafe characters are encoded as
+  UTF-8 percent escapes. Reserved characters such as ``:`` and ``%3A`` are left as
+  given, so a server that tells them apart gets what the catalogue says.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+import idna
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# Reasons a row's URL is dropped; the merge stage counts rows per reason.
+MISSING_URL = "missing_url"
+RELATIVE_URL = "relative_url"
+UNSUPPORTED_SCHEME = "unsupported_scheme"
+INVALID_URL = "invalid_url"
+DROP_REASONS = (MISSING_URL, RELATIVE_URL, UNSUPPORTED_SCHEME, INVALID_URL)
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_UNRESERVED_AND_SUBDELIMS = "-._~!$&'()*+,;=:@"
+_PATH_SAFE = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789/" + _UNRESERVED_AND_SUBDELIMS
+)
+_QUERY_SAFE = _PATH_SAFE | frozenset("?")
+_HEX = frozenset("0123456789abcdefABCDEF")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_HOST_RE = re.compile(
+    r"^[a-z0-9](?:[a-z0-9_-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9_-]*[a-z0-9])?)*\.?$"
+)
+
+# URLs that already are in canonical form skip the per-row Python work. A URL that
+# matches this pattern is returned unchanged by ``normalise_url`` (tests check it).
+_LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
+_SAFE_RUN = r"(?:[-A-Za-z0-9._~!$&'()*+,;=:@/]|%[0-9A-F]{2})*"
+CANONICAL_URL_PATTERN = (
+    rf"^https?://{_LABEL}(?:\.{_LABEL})*/{_SAFE_RUN}"
+    rf"(?:\?(?:[-A-Za-z0-9._~!$&'()*+,;=:@/?]|%[0-9A-F]{{2}})+)?$"
+)
+
+
+class InvalidURL(ValueError):
+    """A URL that cannot be normalised; ``reason`` is one of ``DROP_REASONS``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _percent_encode(text: str, safe: frozenset[str]) -> str:
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        char = text[i]
+        escape = text[i + 1 : i + 3]
+        if char == "%" and len(escape) == 2 and set(escape) <= _HEX:
+            out.append("%" + escape.upper())
+            i += 3
+            continue
+        if char in safe:
+            out.append(char)
+        else:
+            out.extend(f"%{byte:02X}" for byte in char.encode("utf-8"))
+        i += 1
+    return "".join(out)
+
+
+def _encode_host(host: str) -> str:
+    if host.isascii():
+        ascii_host = host.lower()
+    else:
+        try:
+            ascii_host = idna.encode(host, uts46=True).decode("ascii")
+        except idna.IDNAError as exc:
+            raise InvalidURL(INVALID_URL, f"host {host!r} is not a valid domain name: {exc}")
+    if not _HOST_RE.match(ascii_host):
+        raise InvalidURL(INVALID_URL, f"host {host!r} is not a valid domain name")
+    return ascii_host
+
+
+def normalise_url(raw: str | None) -> str:
+    """Return the canonical form of ``raw`` or raise InvalidURL with a reason.
+
+    ``normalise_url(" HTTP://Example.COM:80/a b%2f%?x=1#top ")`` returns
+    ``"http://example.com/a%20b%2F%25?x=1"``.
+    """
+    text = (raw or "").strip()
+    if not text:
+        raise InvalidURL(MISSING_URL, "the image URL is empty")
+    if _CONTROL_RE.search(text):
+        raise InvalidURL(INVALID_URL, f"URL {text!r} contains control characters")
+    if text.startswith("//"):
+        text = "https:" + text
+
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidURL(INVALID_URL, f"URL {text!r} cannot be parsed: {exc}")
+    scheme = parts.scheme.lower()
+    if not scheme:
+        raise InvalidURL(RELATIVE_URL, f"URL {text!r} is relative: it has no scheme and host")
+    if scheme not in _DEFAULT_PORTS:
+        raise InvalidURL(
+            UNSUPPORTED_SCHEME, f"URL {text!r} uses scheme {scheme!r}; only http and https"
+        )
+    if not parts.netloc:
+        raise InvalidURL(INVALID_URL, f"URL {text!r} has no host")
+    if parts.username is not None or parts.password is not None:
+        raise InvalidURL(INVALID_URL, "URL contains a user name or password")
+
+    host = parts.hostname or ""
+    if not host:
+        raise InvalidURL(INVALID_URL, f"URL {text!r} has no host")
+    if ":" in host:  # an IPv6 literal; urlsplit has already checked the brackets
+        host_part = f"[{host.lower()}]"
+    else:
+        host_part = _encode_host(host)
+    if port == 0:
+        raise InvalidURL(INVALID_URL, f"URL {text!r} has port 0")
+    port_part = "" if port is None or port == _DEFAULT_PORTS[scheme] else f":{port}"
+
+    path = _percent_encode(parts.path or "/", _PATH_SAFE)
+    query = _percent_encode(parts.query, _QUERY_SAFE)
+    return f"{scheme}://{host_part}{port_part}{path}" + (f"?{query}" if query else "")
+
+
+def normalise_url_array(values: pa.Array) -> tuple[pa.Array, pa.Array, int]:
+    """Normalise a string array of URLs.
+
+    Returns ``(urls, reasons, rewritten)``: ``urls`` holds the canonical URL or null,
+    ``reasons`` null or the drop reason for each row, and ``rewritten`` counts URLs
+    whose canonical form differs from the trimmed input.
+    """
+    trimmed = pc.utf8_trim_whitespace(pc.fill_null(values, ""))
+    canonical = pc.match_substring_regex(trimmed, CANONICAL_URL_PATTERN)
+    if pc.all(canonical).as_py():
+        return trimmed, pa.nulls(len(values), pa.string()), 0
+
+    urls = trimmed.to_pylist()
+    reasons: list[str | None] = [None] * len(urls)
+    rewritten = 0
+    for index in pc.indices_nonzero(pc.invert(canonical)).to_pylist():
+        try:
+            url = normalise_url(urls[index])
+        except InvalidURL as exc:
+            urls[index] = None
+            reasons[index] = exc.reason
+            continue
+        rewritten += url != urls[index]
+        urls[index] = url
+    return pa.array(urls, type=pa.string()), pa.array(reasons, type=pa.string()), rewritten
