@@ -1,0 +1,430 @@
+"""Tests for the extract stage on real sample files and on small files with known faults."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from data.scripts import extract
+from tests.helpers import (
+    ALL_ELECTRONICS,
+    HEADER,
+    TRIMMED_SAMPLES,
+    product_row,
+    requires_samples,
+    write_csv,
+)
+
+
+def run(raw: Path, out: Path, **kwargs) -> dict:
+    return extract.run_extract(raw, out, **kwargs)
+
+
+def rows_of(out: Path) -> pd.DataFrame:
+    files = sorted((out / "extracted").glob("*.parquet"))
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def extract_one(tmp_path: Path, lines: list[str], **write_kwargs) -> tuple[pd.DataFrame, dict]:
+    raw = tmp_path / "raw"
+    write_csv(raw / "Sample.csv", lines, **write_kwargs)
+    stats = run(raw, tmp_path / "out")
+    return rows_of(tmp_path / "out"), stats
+
+
+# ---- well-formed input ----
+
+
+def test_extract_keeps_columns_and_origin(tmp_path):
+    frame, stats = extract_one(tmp_path, [product_row(), product_row(name="Second")])
+
+    assert list(frame.columns) == [field.name for field in extract.OUTPUT_SCHEMA]
+    assert frame["source_file"].tolist() == ["Sample.csv", "Sample.csv"]
+    assert frame["source_row"].tolist() == [0, 1]
+    assert frame["source_line"].tolist() == [2, 3]
+    assert frame["name"].tolist() == ["Plain product", "Second"]
+    assert frame["main_category"].tolist() == ["appliances", "appliances"]
+    assert frame["image_url"].iloc[0].endswith("31UISB90sYL._AC_UL320_.jpg")
+    assert stats["rows_read"] == 2
+    assert stats["rows_written"] == 2
+    assert stats["files_read_line_by_line"] == []
+
+
+def test_extract_parses_prices_and_counts(tmp_path):
+    frame, _ = extract_one(tmp_path, [product_row()])
+
+    assert frame["ratings"].iloc[0] == 4.2
+    assert frame["no_of_ratings"].iloc[0] == 2255
+    assert frame["discount_price"].iloc[0] == 32999
+    assert frame["actual_price"].iloc[0] == 58990
+
+
+def test_extract_junk_numbers_become_null(tmp_path):
+    lines = [
+        product_row(ratings="Get", no_of_ratings="FREE Delivery by Amazon"),
+        product_row(ratings="", no_of_ratings="", discount_price="₹68.99"),
+        product_row(ratings="4.0", no_of_ratings="24.0"),
+    ]
+    frame, stats = extract_one(tmp_path, lines)
+
+    assert frame["ratings"].isna().tolist() == [True, True, False]
+    assert frame["no_of_ratings"].isna().tolist() == [True, True, False]
+    assert frame["discount_price"].iloc[1] == pytest.approx(68.99)
+    assert frame["no_of_ratings"].iloc[2] == 24
+    assert stats["counters"]["ratings_junk_values"] == 1
+    assert stats["counters"]["no_of_ratings_junk_values"] == 1
+
+
+def test_extract_normalises_category_case_and_spaces(tmp_path):
+    lines = [
+        product_row(main_category=" Appliances "),
+        product_row(main_category="APPLIANCES", sub_category="  Air   Conditioners "),
+        product_row(main_category="appliances"),
+    ]
+    frame, stats = extract_one(tmp_path, lines)
+
+    assert set(frame["main_category"]) == {"appliances"}
+    assert frame["sub_category"].iloc[1] == "Air Conditioners"
+    assert stats["counters"]["main_category_values_normalised"] == 2
+    assert stats["counters"]["sub_category_values_normalised"] == 1
+
+
+# ---- faults from the issue list ----
+
+
+def test_extract_utf8_bom_before_header(tmp_path):
+    frame, stats = extract_one(tmp_path, [product_row()], bom=True)
+
+    assert len(frame) == 1
+    assert frame["name"].iloc[0] == "Plain product"
+    assert stats["files_with_bom"] == 1
+
+
+def test_extract_unquoted_quote_and_commas_in_name(tmp_path):
+    lines = [
+        product_row(name='Samsung 55" Crystal 4K, Smart LED TV, Black'),
+        product_row(name="Next row"),
+    ]
+    frame, stats = extract_one(tmp_path, lines)
+
+    assert frame["name"].tolist() == ['Samsung 55" Crystal 4K, Smart LED TV, Black', "Next row"]
+    assert frame["main_category"].tolist() == ["appliances", "appliances"]
+    assert frame["source_row"].tolist() == [0, 1]
+    assert stats["counters"]["rows_repaired_unquoted_commas"] == 1
+    assert stats["files_read_line_by_line"] == ["Sample.csv"]
+
+
+def test_extract_lone_quote_does_not_swallow_rows(tmp_path):
+    lines = [
+        product_row(name='"Lone quote at the start, never closed'),
+        product_row(name="Row two"),
+        product_row(name="Row three"),
+    ]
+    frame, stats = extract_one(tmp_path, lines)
+
+    assert frame["name"].tolist() == [
+        '"Lone quote at the start, never closed',
+        "Row two",
+        "Row three",
+    ]
+    assert frame["source_line"].tolist() == [2, 3, 4]
+    assert stats["counters"]["rows_repaired_stray_quote"] == 1
+    assert stats["rows_rejected"] == 0
+
+
+def test_extract_quoted_value_spanning_lines(tmp_path):
+    lines = [product_row(name='"First line\r\nsecond line"'), product_row(name="After")]
+    frame, stats = extract_one(tmp_path, lines)
+
+    assert frame["name"].tolist() == ["First line second line", "After"]
+    assert frame["source_row"].tolist() == [0, 1]
+    assert frame["source_line"].tolist() == [2, 4]
+    assert stats["counters"]["rows_spanning_lines"] == 1
+
+
+def test_extract_embedded_carriage_return(tmp_path):
+    lines = [
+        product_row(name="Broken\rname"),
+        product_row(name='"Quoted\rname"'),
+        product_row(name="Last"),
+    ]
+    frame, stats = extract_one(tmp_path, lines)
+
+    assert frame["name"].tolist() == ["Broken name", "Quoted name", "Last"]
+    assert frame["source_line"].tolist() == [2, 3, 4]
+    assert stats["counters"]["rows_with_carriage_return"] == 2
+
+
+def test_extract_row_with_too_few_fields_is_recorded(tmp_path):
+    lines = [product_row(), "only,three,fields", product_row(name="Kept")]
+    frame, stats = extract_one(tmp_path, lines)
+
+    assert frame["name"].tolist() == ["Plain product", "Kept"]
+    assert stats["rows_rejected_by_reason"] == {"too_few_fields": 1}
+    with open(tmp_path / "out" / "rejects" / "extract.csv", encoding="utf-8") as handle:
+        rejects = list(csv.DictReader(handle))
+    assert rejects == [
+        {
+            "source_file": "Sample.csv",
+            "source_line": "3",
+            "reason": "too_few_fields",
+            "text": "only,three,fields",
+        }
+    ]
+
+
+def test_extract_header_only_file(tmp_path):
+    frame, stats = extract_one(tmp_path, [])
+
+    assert len(frame) == 0
+    assert stats["header_only_files"] == ["Sample.csv"]
+    assert stats["files_failed"] == []
+
+
+def test_extract_missing_column_fails_file_not_batch(tmp_path, caplog):
+    raw = tmp_path / "raw"
+    write_csv(raw / "Good.csv", [product_row()])
+    write_csv(raw / "NoImage.csv", ["a,b,c"], header="name,main_category,sub_category")
+
+    stats = run(raw, tmp_path / "out")
+
+    assert stats["rows_written"] == 1
+    assert [f["source_file"] for f in stats["files_failed"]] == ["NoImage.csv"]
+    assert "NoImage.csv" in caplog.text
+    assert "'image'" in caplog.text
+
+
+def test_extract_missing_column_strict_raises(tmp_path):
+    raw = tmp_path / "raw"
+    write_csv(raw / "NoImage.csv", ["a,b,c"], header="name,main_category,sub_category")
+
+    with pytest.raises(extract.FileError, match="could not be extracted"):
+        run(raw, tmp_path / "out", strict=True)
+
+
+def test_extract_repairs_mojibake(tmp_path):
+    double_encoded = "Home Décor".encode("utf-8").decode("cp1252")
+    lines = [
+        product_row(sub_category=double_encoded, name="Kidsâ€™ bag"),
+        product_row(name="eller santé® charger"),
+    ]
+    frame, stats = extract_one(tmp_path, lines)
+
+    assert frame["sub_category"].iloc[0] == "Home Décor"
+    assert frame["name"].iloc[0] == "Kids’ bag"
+    assert frame["name"].iloc[1] == "eller santé® charger"
+    assert stats["counters"]["mojibake_repaired"] == 2
+    assert stats["counters"]["mojibake_suspect"] == 1
+
+
+def test_extract_cp1252_file_is_decoded(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    text = (
+        HEADER
+        + "\r\n"
+        + product_row(name="Café table", discount_price="100", actual_price="200")
+        + "\r\n"
+    )
+    (raw / "Legacy.csv").write_bytes(text.encode("cp1252"))
+
+    stats = run(raw, tmp_path / "out")
+    frame = rows_of(tmp_path / "out")
+
+    assert frame["name"].tolist() == ["Café table"]
+    assert stats["files_not_utf8"] == ["Legacy.csv"]
+
+
+def test_extract_drops_unnamed_index_column(tmp_path):
+    leading = "," + HEADER
+    lines = ["0," + product_row(name="A"), "1," + product_row(name="B")]
+    frame, stats = extract_one(tmp_path, lines, header=leading)
+
+    assert frame["name"].tolist() == ["A", "B"]
+    assert frame["main_category"].tolist() == ["appliances", "appliances"]
+    assert stats["unnamed_columns_dropped"] == 1
+
+
+def test_extract_skips_non_csv_and_hidden_files(tmp_path):
+    raw = tmp_path / "raw"
+    write_csv(raw / "Good.csv", [product_row()])
+    (raw / "notes.txt").write_text("not data")
+    (raw / "dataset.zip").write_bytes(b"PK\x03\x04")
+    write_csv(raw / ".ipynb_checkpoints" / "Good-checkpoint.csv", [product_row()])
+
+    stats = run(raw, tmp_path / "out")
+
+    assert stats["rows_written"] == 1
+    assert sorted(s["source_file"] for s in stats["files_skipped"]) == ["dataset.zip", "notes.txt"]
+
+
+def test_extract_binary_file_named_csv_fails_alone(tmp_path):
+    raw = tmp_path / "raw"
+    write_csv(raw / "Good.csv", [product_row()])
+    (raw / "Broken.csv").write_bytes(os.urandom(2000).replace(b"\n", b"x"))
+
+    stats = run(raw, tmp_path / "out")
+
+    assert stats["rows_written"] == 1
+    assert [f["source_file"] for f in stats["files_failed"]] == ["Broken.csv"]
+
+
+def test_extract_missing_raw_dir_names_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="make download"):
+        run(tmp_path / "nope", tmp_path / "out")
+
+
+# ---- caching and atomic output ----
+
+
+def test_extract_rerun_reuses_unchanged_files(tmp_path):
+    raw = tmp_path / "raw"
+    write_csv(raw / "A.csv", [product_row()])
+    write_csv(raw / "B.csv", [product_row(name="B")])
+    first = run(raw, tmp_path / "out")
+    write_csv(raw / "B.csv", [product_row(name="B"), product_row(name="B2")])
+    os.utime(raw / "B.csv", ns=(1, 1))
+
+    second = run(raw, tmp_path / "out")
+
+    assert first["files_extracted"] == 2
+    assert second["files_extracted"] == 1
+    assert second["files_unchanged"] == 1
+    assert second["rows_written"] == 3
+
+
+def test_extract_removes_output_of_deleted_source(tmp_path):
+    raw = tmp_path / "raw"
+    write_csv(raw / "A.csv", [product_row()])
+    write_csv(raw / "B.csv", [product_row()])
+    run(raw, tmp_path / "out")
+    (raw / "B.csv").unlink()
+
+    stats = run(raw, tmp_path / "out")
+
+    assert len(stats["outputs_removed"]) == 1
+    assert len(list((tmp_path / "out" / "extracted").glob("*.parquet"))) == 1
+
+
+def test_extract_failure_leaves_no_partial_file(tmp_path, monkeypatch):
+    raw = tmp_path / "raw"
+    write_csv(raw / "A.csv", [product_row()] * 10)
+
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(extract, "transform_columns", fail)
+    with pytest.raises(KeyboardInterrupt):
+        run(raw, tmp_path / "out")
+
+    assert list((tmp_path / "out" / "extracted").iterdir()) == []
+
+
+def test_extract_output_name_is_safe_and_unique():
+    first = extract.output_name("Home Dcor.csv")
+    second = extract.output_name("sub/Home Dcor.csv")
+    traversal = extract.output_name("../../etc/passwd.csv")
+
+    assert first != second
+    assert "/" not in traversal
+    assert not traversal.startswith(".")
+    assert first.endswith(".parquet")
+
+
+def test_extract_memory_does_not_hold_whole_file(tmp_path, monkeypatch):
+    raw = tmp_path / "raw"
+    write_csv(raw / "Big.csv", [product_row(name=f"item {i}") for i in range(3000)])
+    monkeypatch.setattr(extract, "BLOCK_SIZE", 64 << 10)
+    batch_sizes = []
+    original = extract.transform_columns
+
+    def record(columns, **kwargs):
+        batch_sizes.append(len(kwargs["source_rows"]))
+        return original(columns, **kwargs)
+
+    monkeypatch.setattr(extract, "transform_columns", record)
+    stats = run(raw, tmp_path / "out")
+
+    assert stats["rows_written"] == 3000
+    assert len(batch_sizes) > 1
+    assert max(batch_sizes) < 3000
+
+
+# ---- real sample files ----
+
+
+@requires_samples(TRIMMED_SAMPLES)
+def test_extract_real_trimmed_files(tmp_path):
+    stats = run(TRIMMED_SAMPLES, tmp_path / "out")
+
+    assert stats["files_found"] == 113
+    assert stats["files_failed"] == []
+    # 10,830 rows in the 112 per-category files plus 10,930 in the merged file.
+    assert stats["rows_read"] == 21_760
+    assert stats["rows_written"] == 21_760
+    assert stats["unnamed_columns_dropped"] == 1
+    frame = rows_of(tmp_path / "out")
+    assert frame["main_category"].nunique() == 20
+    assert frame["image_url"].str.startswith("https://").all()
+
+
+@requires_samples(ALL_ELECTRONICS)
+def test_extract_real_file_with_junk_ratings(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    shutil.copy(ALL_ELECTRONICS, raw / "All Electronics.csv")
+
+    stats = run(raw, tmp_path / "out")
+    frame = rows_of(tmp_path / "out")
+    source = pd.read_csv(ALL_ELECTRONICS, dtype=str, keep_default_na=False)
+
+    assert stats["rows_written"] == 9_600
+    assert stats["counters"]["ratings_junk_values"] == 24
+    assert frame["image_url"].tolist() == source["image"].str.strip().tolist()
+    assert frame["source_row"].tolist() == list(range(9_600))
+    junk = source.index[source["ratings"] == "Get"]
+    assert frame.loc[junk, "ratings"].isna().all()
+
+
+@requires_samples(TRIMMED_SAMPLES)
+def test_extract_real_file_with_injected_faults(tmp_path):
+    """A real file with a BOM, a lone quote and an embedded CR keeps every row."""
+    source = TRIMMED_SAMPLES / "Air Conditioners.csv"
+    lines = source.read_bytes().decode("utf-8").split("\r\n")
+    header, data = lines[0], [line for line in lines[1:] if line]
+    data[3] = '"' + data[3]  # a quote that never closes
+    data[5] = data[5].replace(" ", "\r", 1)  # a carriage return inside an unquoted name
+    write_csv(tmp_path / "raw" / "Air Conditioners.csv", data, header=header, bom=True)
+
+    stats = run(tmp_path / "raw", tmp_path / "out")
+    frame = rows_of(tmp_path / "out")
+    original = pd.read_csv(source, dtype=str, keep_default_na=False)
+
+    assert stats["rows_written"] == len(original) == 100
+    assert frame["image_url"].tolist() == original["image"].tolist()
+    assert frame["source_row"].tolist() == list(range(100))
+
+
+def test_extract_stats_file_written(tmp_path):
+    extract_one(tmp_path, [product_row()])
+
+    payload = json.loads((tmp_path / "out" / "stats" / "extract.json").read_text())
+    assert payload["stage"] == "extract"
+    assert payload["rows_written"] == 1
+
+
+def test_extract_cli_exit_codes(tmp_path):
+    raw = tmp_path / "raw"
+    write_csv(raw / "A.csv", [product_row()])
+
+    assert extract.main(["--raw-dir", str(raw), "--out-dir", str(tmp_path / "out")]) == 0
+    assert extract.main(["--raw-dir", str(tmp_path / "missing")]) == 1
+    table = pq.read_table(next((tmp_path / "out" / "extracted").glob("*.parquet")))
+    assert table.num_rows == 1
