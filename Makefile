@@ -13,6 +13,14 @@ PROCESSED_DIR ?= data/processed/$(DATA_VERSION)
 MAPPING ?= data/category_mapping.toml
 UNKNOWN_LABEL ?=
 KAGGLE_DATASET ?= lokeshparab/amazon-products-dataset
+IMAGE_SIZE ?=
+RESIZE_MODE ?= keep-ratio
+CONCURRENCY ?= 64
+PER_HOST ?= 16
+SHARD ?=
+ALLOW_PRIVATE_ADDRESSES ?=
+USER_AGENT ?=
+FETCH_ARGS ?=
 EXTRAS ?=
 PYTEST_ARGS ?=
 
@@ -28,9 +36,9 @@ INSTALL_STAMP := $(VENV)/.installed-$(or $(subst $(space),-,$(strip $(EXTRAS))),
 
 # Quiet TensorFlow's start-up banner in every stage; errors still print.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
-export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help install test test-fast lint format download extract merge relabel prepare demo clean
+.PHONY: help install test test-fast lint format download extract merge relabel prepare
+.PHONY: validate fetch merge-shards demo clean
 
 help: ## List the targets and what each one does
 	@echo "Usage: make <target> [VARIABLE=value ...]"
@@ -39,6 +47,8 @@ help: ## List the targets and what each one does
 	@echo
 	@echo "Variables: DATA_VERSION=$(DATA_VERSION) RAW_DIR=$(RAW_DIR) PROCESSED_DIR=$(PROCESSED_DIR)"
 	@echo "           MAPPING=$(MAPPING) UNKNOWN_LABEL=$(UNKNOWN_LABEL) EXTRAS=$(EXTRAS)"
+	@echo "           IMAGE_SIZE=$(IMAGE_SIZE) RESIZE_MODE=$(RESIZE_MODE) CONCURRENCY=$(CONCURRENCY)"
+	@echo "           PER_HOST=$(PER_HOST) SHARD=$(SHARD) ALLOW_PRIVATE_ADDRESSES=$(ALLOW_PRIVATE_ADDRESSES)"
 
 # ---- set-up ----
 
@@ -46,9 +56,11 @@ $(POETRY):
 	$(PYTHON_BOOTSTRAP) -m venv $(TOOLS_DIR)
 	$(TOOLS_DIR)/bin/pip install --quiet "poetry==$(POETRY_VERSION)"
 
+# --compile writes bytecode at install time: stages then start fast even where
+# PYTHONDONTWRITEBYTECODE is set, as it is on some CI machines.
 $(INSTALL_STAMP): pyproject.toml poetry.lock | $(POETRY)
 	$(POETRY) check --lock
-	$(POETRY) install --no-interaction $(if $(EXTRAS),--extras "$(EXTRAS)")
+	$(POETRY) install --no-interaction --compile $(if $(EXTRAS),--extras "$(EXTRAS)")
 	@rm -f $(VENV)/.installed*
 	@touch $@
 
@@ -88,6 +100,23 @@ relabel: install ## Map main categories onto labels with MAPPING into products.p
 		$(if $(UNKNOWN_LABEL),--unknown-label "$(UNKNOWN_LABEL)")
 
 prepare: extract merge ## Run every data-preparation stage: extract, merge, relabel
+
+# ---- image collection ----
+
+NETWORK_ARGS = --concurrency $(CONCURRENCY) --per-host $(PER_HOST) \
+	$(if $(filter 1 yes true,$(ALLOW_PRIVATE_ADDRESSES)),--allow-private-addresses) \
+	$(if $(USER_AGENT),--user-agent "$(USER_AGENT)")
+
+validate: install ## Survey the image URLs: reachable share, types and sizes per host
+	$(PY) -m data.scripts.validate --processed-dir "$(PROCESSED_DIR)" $(NETWORK_ARGS)
+
+fetch: install ## Download, check and store every image under PROCESSED_DIR/images/<label>/
+	$(PY) -m data.scripts.fetch --processed-dir "$(PROCESSED_DIR)" $(NETWORK_ARGS) \
+		$(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE) --resize-mode $(RESIZE_MODE)) \
+		$(if $(SHARD),--shard $(SHARD)) $(FETCH_ARGS)
+
+merge-shards: install ## Combine the manifests of SHARD=i/n runs into manifest.parquet
+	$(PY) -m data.scripts.fetch --processed-dir "$(PROCESSED_DIR)" --merge-shards
 
 demo: install ## Run the whole pipeline on a generated catalogue (not built yet)
 	@echo "make demo: the end-to-end demo on a generated catalogue is not built yet."

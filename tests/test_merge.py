@@ -91,7 +91,11 @@ def test_merge_counts_conflicting_categories(tmp_path):
     out = prepare(
         tmp_path,
         {
-            "A.csv": [product_row(main_category="appliances", image=URL_A)],
+            "A.csv": [
+                product_row(main_category="music", image="https://example.com/0.jpg"),
+                product_row(main_category="music", image="https://example.com/0.jpg"),
+                product_row(main_category="appliances", image=URL_A),
+            ],
             "B.csv": [product_row(main_category="Home & Kitchen", image=URL_A)],
             "C.csv": [product_row(main_category="appliances", image=URL_B)],
             "D.csv": [product_row(main_category=" APPLIANCES", image=URL_B)],
@@ -105,6 +109,8 @@ def test_merge_counts_conflicting_categories(tmp_path):
     assert stats["duplicate_rows_in_conflicting_urls"] == 1
     assert list(frame.loc[URL_A, "conflicting_main_categories"]) == ["home & kitchen"]
     assert list(frame.loc[URL_B, "conflicting_main_categories"]) == []
+    assert list(frame.loc["https://example.com/0.jpg", "conflicting_main_categories"]) == []
+    assert frame.loc["https://example.com/0.jpg", "duplicate_count"] == 1
 
 
 def test_merge_key_is_stable_and_url_derived(tmp_path):

@@ -44,6 +44,17 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
+def _file_mode() -> int:
+    """Return the mode ``open()`` gives a new file: 0o666 less the process umask."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o644
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path`` and move it onto ``path`` on success.
@@ -58,6 +69,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, _file_mode())  # mkstemp creates 0o600; match what open() would create
     try:
         yield tmp
         os.replace(tmp, target)

@@ -50,7 +50,12 @@ from data.scripts.common import (
     setup_logging,
     write_stats,
 )
-from data.scripts.text import collapse_whitespace, normalise_category, repair_mojibake_array
+from data.scripts.text import (
+    collapse_whitespace,
+    normalise_category,
+    repair_mojibake,
+    repair_mojibake_array,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,13 +77,17 @@ OUTPUT_SCHEMA = pa.schema(
         *[(column, pa.float64()) for column in NUMERIC_COLUMNS],
     ]
 )
+# Extracted files are read once, by the merge stage: fast compression beats small files.
+INTERMEDIATE_COMPRESSION = "lz4"
 BLOCK_SIZE = 8 << 20  # bytes per block of the streaming reader
 TOLERANT_BATCH_ROWS = 50_000
 MAX_JOINED_LINES = 20  # lines one quoted value may span before its quote counts as stray
 MAX_REJECTS_KEPT = 1_000  # rejected rows stored per file, with their text
 REJECT_TEXT_CHARS = 300
 _UNNAMED_RE = re.compile(r"^(unnamed: ?\d+)?$")
-_NUMBER_NOISE_PATTERN = r"[\p{Sc},\s]"  # currency signs, thousands separators, spaces
+# The rupee sign and thousands separators are dropped before parsing a number; literal
+# replacements are several times faster than one regular expression here.
+_NUMBER_NOISE = ("\u20b9", ",")
 _NUMBER_PATTERN = r"^[0-9]+(\.[0-9]+)?$"
 
 
@@ -247,31 +256,70 @@ def read_header(path: Path, relative: str) -> Header:
 # ---- turning raw string columns into the output batch ----
 
 
-def _map_unique(values: pa.Array, function: Any) -> tuple[pa.Array, int]:
-    """Apply ``function`` to each distinct value; return the result and rows changed."""
-    encoded = (
-        pc.dictionary_encode(values).combine_chunks()
-        if isinstance(values, pa.ChunkedArray)
-        else pc.dictionary_encode(values)
-    )
+def _map_unique(values: pa.Array, function: Any, result_type: pa.DataType) -> tuple[pa.Array, int]:
+    """Apply ``function`` once per distinct value; return the result and rows changed.
+
+    Category and number columns have few distinct values per file, so mapping the
+    dictionary of the column costs far less than a pass over every row.
+    """
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    encoded = pc.dictionary_encode(values)
     dictionary = encoded.dictionary.to_pylist()
     mapped = [function(value) for value in dictionary]
     changed_ids = [i for i, (old, new) in enumerate(zip(dictionary, mapped)) if old != new]
     changed = 0
     if changed_ids:
-        changed = pc.sum(pc.is_in(encoded.indices, pa.array(changed_ids, encoded.indices.type)))
-        changed = changed.as_py() or 0
-    return pc.take(pa.array(mapped, type=pa.string()), encoded.indices), changed
+        is_changed = pc.is_in(encoded.indices, pa.array(changed_ids, encoded.indices.type))
+        changed = pc.sum(is_changed).as_py() or 0
+    return pc.take(pa.array(mapped, type=result_type), encoded.indices), changed
 
 
-def _parse_numbers(values: pa.Array) -> tuple[pa.Array, int]:
-    """Parse strings such as ``₹32,999`` or ``2,255``; junk becomes null and is counted."""
-    cleaned = pc.replace_substring_regex(values, _NUMBER_NOISE_PATTERN, "")
+def parse_numbers(values: pa.Array) -> tuple[pa.Array, int]:
+    """Parse strings such as ``₹32,999``, ``2,255`` or ``4.2`` into float64.
+
+    Returns the numbers and how many non-empty values were junk (``Get``, ``FREE
+    Delivery by Amazon``) and became null.
+    """
+    cleaned = values
+    for noise in _NUMBER_NOISE:
+        cleaned = pc.replace_substring(cleaned, noise, "")
+    cleaned = pc.utf8_trim_whitespace(cleaned)
     valid = pc.match_substring_regex(cleaned, _NUMBER_PATTERN)
-    empty = pc.equal(pc.utf8_length(cleaned), 0)
-    junk = pc.sum(pc.and_(pc.invert(valid), pc.invert(empty))).as_py() or 0
+    junk = pc.sum(pc.and_(pc.invert(valid), pc.not_equal(cleaned, ""))).as_py() or 0
     numbers = pc.cast(pc.if_else(valid, cleaned, pa.scalar(None, pa.string())), pa.float64())
     return numbers, junk
+
+
+def _normalised_category(normalise: Any, counters: Counter[str]) -> Any:
+    """Return a function that repairs mojibake in a category value, then normalises it."""
+
+    def apply(value: str) -> str:
+        fixed, outcome = repair_mojibake(value)
+        if outcome:
+            counters["mojibake_repaired"] += 1
+        elif outcome is None:
+            counters["mojibake_suspect"] += 1
+        return normalise(fixed)
+
+    return apply
+
+
+def _repair_names(names: pa.Array, result: FileResult) -> pa.Array:
+    """Repair mojibake in product names; only names with non-ASCII text are looked at."""
+    non_ascii = pc.invert(pc.string_is_ascii(names))
+    if not pc.any(non_ascii).as_py():
+        return names
+    positions = pc.indices_nonzero(non_ascii)
+    fixed, repaired, suspect = repair_mojibake_array(pc.take(names, positions))
+    result.counters["mojibake_repaired"] += repaired
+    result.counters["mojibake_suspect"] += suspect
+    if not repaired:
+        return names
+    python_names = names.to_pylist()
+    for position, value in zip(positions.to_pylist(), fixed.to_pylist()):
+        python_names[position] = value
+    return pa.array(python_names, pa.string())
 
 
 def transform_columns(
@@ -281,33 +329,40 @@ def transform_columns(
     source_rows: pa.Array,
     source_lines: pa.Array,
     result: FileResult,
+    collapse_name_whitespace: bool = False,
 ) -> pa.RecordBatch:
-    """Build one output batch from the raw string columns of a block of rows."""
+    """Build one output batch from the raw string columns of a block of rows.
+
+    ``collapse_name_whitespace`` turns line breaks, tabs and runs of spaces in names
+    into one space; only the line-by-line parser can produce such names.
+    """
     length = len(source_rows)
 
     def column(name: str) -> pa.Array:
         values = columns.get(name)
-        return pc.fill_null(values, "") if values is not None else pa.array([""] * length)
+        if values is None:
+            return pa.array([""] * length, pa.string())
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        return pc.fill_null(values, "")
 
-    name, repaired, suspect = repair_mojibake_array(column("name"))
-    result.counters["mojibake_repaired"] += repaired
-    result.counters["mojibake_suspect"] += suspect
-    name = pc.utf8_trim_whitespace(pc.replace_substring_regex(name, r"\s+", " "))
+    name = _repair_names(column("name"), result)
+    if collapse_name_whitespace:
+        name = pc.utf8_trim_whitespace(pc.replace_substring_regex(name, r"\s+", " "))
 
     categories = {}
     for column_name, normalise in (
         ("main_category", normalise_category),
         ("sub_category", collapse_whitespace),
     ):
-        values, repaired, suspect = repair_mojibake_array(column(column_name))
-        result.counters["mojibake_repaired"] += repaired
-        result.counters["mojibake_suspect"] += suspect
-        categories[column_name], changed = _map_unique(values, normalise)
+        # The mojibake counters count distinct values here, not rows.
+        function = _normalised_category(normalise, result.counters)
+        categories[column_name], changed = _map_unique(column(column_name), function, pa.string())
         result.counters[f"{column_name}_values_normalised"] += changed
 
     numbers = {}
     for column_name in NUMERIC_COLUMNS:
-        numbers[column_name], junk = _parse_numbers(column(column_name))
+        numbers[column_name], junk = parse_numbers(column(column_name))
         result.counters[f"{column_name}_junk_values"] += junk
 
     arrays = [
@@ -587,6 +642,7 @@ def read_tolerant(path: Path, header: Header, relative: str, result: FileResult)
             source_rows=pa.array(rows, pa.int64()),
             source_lines=pa.array(lines, pa.int64()),
             result=result,
+            collapse_name_whitespace=True,
         )
         for values in buffer.values():
             values.clear()
@@ -641,7 +697,7 @@ def _write_output(
 ) -> None:
     """Write the batches to ``output`` atomically, with the counts as file metadata."""
     with atomic_path(output) as tmp:
-        with pq.ParquetWriter(tmp, OUTPUT_SCHEMA, compression="zstd") as writer:
+        with pq.ParquetWriter(tmp, OUTPUT_SCHEMA, compression=INTERMEDIATE_COMPRESSION) as writer:
             for batch in batches:
                 writer.write_batch(batch)
                 result.rows_written += batch.num_rows

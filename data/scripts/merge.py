@@ -10,7 +10,7 @@ Reads ``<processed-dir>/extracted/*.parquet`` (the extract stage's output) and w
    row). The kept row records how many others it stood for (``duplicate_count``) and
    the other main categories they carried (``conflicting_main_categories``): the same
    photo under two categories is a label-noise signal for later stages.
-3. ``key`` is a stable id derived from the URL alone (16 hex digits of BLAKE2b), so it
+3. ``key`` is a stable id derived from the URL alone (16 hex digits of XXH3-64), so it
    does not change when rows are added, removed or reordered.
 """
 
@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import logging
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import xxhash
 
 from data.scripts.common import (
     DEFAULT_DATA_VERSION,
@@ -43,32 +44,43 @@ from data.scripts.urls import DROP_REASONS, normalise_url_array
 logger = logging.getLogger(__name__)
 
 STAGE = "merge"
-KEY_HEX_DIGITS = 16
 
 MAX_REJECTS_KEPT = 100_000
 
 
 def url_key(url: str) -> str:
-    """Return the row key of a canonical URL: 16 hex digits of its BLAKE2b hash.
+    """Return the row key of a canonical URL: its XXH3 64-bit hash as 16 hex digits.
 
-    With 64 bits, the chance that two of a million URLs share a key is about 3e-8;
-    ``merge`` still checks and raises if it ever happens.
+    XXH3's output for a given input is fixed by its specification (xxHash 0.8), so keys
+    do not change between runs, machines or library versions. With 64 bits, the chance
+    that two of a million URLs share a key is about 3e-8; ``deduplicate`` still checks
+    and raises if it ever happens.
     """
-    return hashlib.blake2b(url.encode("utf-8"), digest_size=KEY_HEX_DIGITS // 2).hexdigest()
+    return f"{xxhash.xxh3_64_intdigest(url.encode('utf-8')):016x}"
+
+
+def _key_numbers(urls: pa.ChunkedArray) -> np.ndarray:
+    values = urls.to_pylist()
+    return np.fromiter(
+        (xxhash.xxh3_64_intdigest(url.encode("utf-8")) for url in values),
+        dtype=np.uint64,
+        count=len(values),
+    )
 
 
 def read_extracted(extracted_dir: Path) -> pa.Table:
-    """Read every extracted file into one table sorted by source file and row."""
+    """Read every extracted file into one table in source order (file name, then row)."""
     files = sorted(extracted_dir.glob("*.parquet"))
     if not files:
         raise FileNotFoundError(
             f"no extracted files in {str(extracted_dir)!r}; run 'make extract' first"
         )
-    table = pa.concat_tables(pq.read_table(path) for path in files)
-    order = pc.sort_indices(
-        table, sort_keys=[("source_file", "ascending"), ("source_row", "ascending")]
-    )
-    return table.take(order)
+    # Each file is in row order already, so ordering the files by their source name
+    # orders the whole table without a sort over every row.
+    tables = [pq.read_table(path) for path in files]
+    sources = [t.column("source_file")[0].as_py() if t.num_rows else "" for t in tables]
+    order = sorted(range(len(tables)), key=lambda i: sources[i])
+    return pa.concat_tables([tables[i] for i in order])
 
 
 def drop_unusable_urls(table: pa.Table) -> tuple[pa.Table, pa.Table, dict[str, int], int]:
@@ -91,53 +103,81 @@ def drop_unusable_urls(table: pa.Table) -> tuple[pa.Table, pa.Table, dict[str, i
 
 
 def deduplicate(table: pa.Table) -> tuple[pa.Table, dict[str, int]]:
-    """Keep the first row of each URL and summarise the rows it stands for.
+    """Keep the first row of each URL, add ``key`` and summarise the rows it stands for.
 
     ``table`` must be in source order; the kept row of each URL is its first one.
+    Raises RuntimeError if two different URLs share a key.
     """
-    order = pa.array(range(table.num_rows), pa.int64())
-    groups = (
-        table.select(["image_url", "main_category"])
-        .append_column("order", order)
-        .group_by("image_url", use_threads=False)
-        .aggregate([("order", "min"), ("order", "count"), ("main_category", "distinct")])
+    numbers = _key_numbers(table.column("image_url"))
+    _, first_rows, group_of_row, sizes = np.unique(
+        numbers, return_index=True, return_inverse=True, return_counts=True
     )
-    groups = groups.take(pc.sort_indices(groups.column("order_min")))
-    kept = table.take(groups.column("order_min"))
-    duplicate_count = pc.subtract(groups.column("order_count"), 1)
+    _check_no_collisions(table.column("image_url"), first_rows, group_of_row, sizes)
 
-    # Other main categories under the same URL; only a few URLs have any, so the
-    # per-row Python work is limited to those.
-    distinct = groups.column("main_category_distinct")
-    several = pc.greater(pc.list_value_length(distinct), 1).to_pylist()
-    own = kept.column("main_category").to_pylist()
-    distinct_values = distinct.to_pylist()
-    conflicting = [
-        sorted(c for c in categories if c != mine) if many else []
-        for many, categories, mine in zip(several, distinct_values, own)
-    ]
-    kept = kept.append_column("duplicate_count", duplicate_count)
-    kept = kept.append_column(
-        "conflicting_main_categories", pa.array(conflicting, pa.list_(pa.string()))
-    )
+    # Groups in the order their first row appears, so the output keeps source order.
+    order = np.argsort(first_rows, kind="stable")
+    position_of_group = np.empty_like(order)
+    position_of_group[order] = np.arange(len(order))
+    kept_rows = first_rows[order]
+    duplicate_count = sizes[order] - 1
+    kept = table.take(pa.array(kept_rows))
 
-    conflicted = pa.array(several)
+    # Distinct (URL, main category) pairs tell which URLs carry several categories.
+    categories = table.column("main_category").combine_chunks()
+    categories = pc.dictionary_encode(pc.fill_null(categories, ""))
+    category_ids = categories.indices.to_numpy(zero_copy_only=False)
+    width = int(category_ids.max(initial=0)) + 1
+    pairs = np.unique(position_of_group[group_of_row].astype(np.int64) * width + category_ids)
+    several = np.bincount(pairs // width, minlength=len(order)) > 1
+    conflicting = _conflicting_categories(pairs, width, several, categories, kept)
+
+    keys = [f"{number:016x}" for number in numbers[kept_rows].tolist()]
+    kept = kept.add_column(0, "key", pa.array(keys, pa.string()))
+    kept = kept.append_column("duplicate_count", pa.array(duplicate_count, pa.int64()))
+    kept = kept.append_column("conflicting_main_categories", conflicting)
     counts = {
         "duplicate_rows_dropped": table.num_rows - kept.num_rows,
-        "urls_with_duplicates": pc.sum(pc.greater(duplicate_count, 0)).as_py() or 0,
-        "urls_with_conflicting_categories": sum(several),
-        "duplicate_rows_in_conflicting_urls": pc.sum(pc.filter(duplicate_count, conflicted)).as_py()
-        or 0,
+        "urls_with_duplicates": int((duplicate_count > 0).sum()),
+        "urls_with_conflicting_categories": int(several.sum()),
+        "duplicate_rows_in_conflicting_urls": int(duplicate_count[several].sum()),
     }
     return kept, counts
 
 
-def add_keys(table: pa.Table) -> pa.Table:
-    """Insert the ``key`` column first; raise RuntimeError on a key shared by two URLs."""
-    keys = pa.array([url_key(url) for url in table.column("image_url").to_pylist()], pa.string())
-    if pc.count_distinct(keys).as_py() != len(keys):
+def _check_no_collisions(
+    urls: pa.ChunkedArray, first_rows: np.ndarray, group_of_row: np.ndarray, sizes: np.ndarray
+) -> None:
+    """Raise RuntimeError if a row's URL differs from the first URL with the same key."""
+    repeated = np.flatnonzero(sizes[group_of_row] > 1)
+    if len(repeated) == 0:
+        return
+    mine = urls.take(pa.array(repeated))
+    first = urls.take(pa.array(first_rows[group_of_row[repeated]]))
+    if not pc.all(pc.equal(mine, first)).as_py():
         raise RuntimeError("two different URLs share a key; report this with the input data")
-    return table.add_column(0, "key", keys)
+
+
+def _conflicting_categories(
+    pairs: np.ndarray,
+    width: int,
+    several: np.ndarray,
+    categories: pa.DictionaryArray,
+    kept: pa.Table,
+) -> pa.ListArray:
+    """Return, per kept row, the other main categories of its URL (empty for most rows)."""
+    names = categories.dictionary.to_pylist()
+    own = kept.column("main_category").to_pylist()
+    lengths = np.zeros(kept.num_rows, dtype=np.int64)
+    values: list[str] = []
+    others_of: dict[int, list[str]] = {}
+    for pair in pairs[several[pairs // width]].tolist():
+        others_of.setdefault(pair // width, []).append(names[pair % width])
+    for position in sorted(others_of):
+        others = sorted(set(others_of[position]) - {own[position]})
+        lengths[position] = len(others)
+        values.extend(others)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.string()))
 
 
 def run_merge(out_dir: Path, mapping_path: Path | None = None) -> dict[str, Any]:
@@ -154,10 +194,9 @@ def run_merge(out_dir: Path, mapping_path: Path | None = None) -> dict[str, Any]
 
     kept, rejected, dropped, rewritten = drop_unusable_urls(table)
     merged, duplicate_counts = deduplicate(kept)
-    merged = add_keys(merged)
 
     with atomic_path(out_dir / MERGED_FILE) as tmp:
-        pq.write_table(merged, tmp, compression="zstd")
+        pq.write_table(merged, tmp, compression="lz4")
     _write_rejects(out_dir, rejected)
 
     stats = {
