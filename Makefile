@@ -2,6 +2,8 @@
 # Every stage target depends on `install`, so a fresh clone needs no other step.
 
 .DEFAULT_GOAL := help
+# Stages read what the one before wrote: never run two at once, even under make -j.
+.NOTPARALLEL:
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 MAKEFLAGS += --no-print-directory

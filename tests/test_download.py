@@ -604,3 +604,41 @@ def test_corrupt_zip_from_api_fails(tmp_path: Path, caplog: pytest.LogCaptureFix
     assert exit_code == 1
     assert "is not a valid zip" in caplog.text
     assert list(out_dir.iterdir()) == []
+
+
+def test_empty_zip_from_api_fails(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    out_dir = tmp_path / "out"
+
+    exit_code = download.run(DATASET, out_dir, api=FakeKaggleApi(make_zip({})))
+
+    assert exit_code == 1
+    assert "holds no files" in caplog.text
+    assert not (out_dir / "SOURCE.json").exists()
+
+
+def test_http_500_says_service_not_network(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    response = requests.Response()
+    response.status_code = 500
+    error = requests.HTTPError("500 Server Error", response=response)
+
+    exit_code = download.run(DATASET, tmp_path / "out", api=FakeKaggleApi(error=error))
+
+    assert exit_code == 1
+    assert "answered HTTP 500" in caplog.text
+    assert "network access" not in caplog.text
+
+
+def test_leftover_staging_folder_removed(tmp_path: Path) -> None:
+    out_dir = tmp_path / "out"
+    leftover = out_dir / (download.STAGING_PREFIX + "killed")
+    leftover.mkdir(parents=True)
+    (leftover / "half.zip").write_bytes(b"PK")
+
+    exit_code = download.run(DATASET, out_dir, api=FakeKaggleApi(make_zip(CSV_FILES)))
+
+    assert exit_code == 0
+    assert not leftover.exists()

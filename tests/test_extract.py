@@ -428,3 +428,116 @@ def test_extract_cli_exit_codes(tmp_path):
     assert extract.main(["--raw-dir", str(tmp_path / "missing")]) == 1
     table = pq.read_table(next((tmp_path / "out" / "extracted").glob("*.parquet")))
     assert table.num_rows == 1
+
+
+# ---- inputs found by trying to break the stage ----
+
+
+@pytest.mark.timeout(60)
+def test_extract_line_with_many_quotes_is_bounded(tmp_path):
+    hostile = ',"'.join(["x"] * 20_000)
+    frame, stats = extract_one(tmp_path, [hostile, product_row(name="After")])
+
+    assert frame["name"].tolist() == ["After"]
+    assert stats["rows_rejected"] == 1
+
+
+def test_extract_huge_field_rejects_row_only(tmp_path):
+    raw = tmp_path / "raw"
+    write_csv(
+        raw / "A.csv", [product_row(name="Toaster, 2-slice"), product_row(name="Y" * 200_000)]
+    )
+    write_csv(raw / "B.csv", [product_row(name="ok")])
+
+    stats = run(raw, tmp_path / "out")
+
+    assert stats["files_failed"] == []
+    assert stats["rows_written"] == 3
+    assert rows_of(tmp_path / "out")["name"].str.len().max() == 200_000
+
+
+def test_extract_lone_quote_then_row_with_quote_stays_two_rows(tmp_path):
+    lines = [
+        product_row(name='"Hello Kitty bag', image="https://e.com/a.jpg", no_of_ratings="12"),
+        product_row(name='Samsung 24" Monitor', image="https://e.com/e.jpg", no_of_ratings="22"),
+    ]
+    frame, stats = extract_one(tmp_path, lines)
+
+    assert frame["image_url"].tolist() == ["https://e.com/a.jpg", "https://e.com/e.jpg"]
+    assert frame["name"].tolist() == ['"Hello Kitty bag', 'Samsung 24" Monitor']
+    assert stats["counters"].get("rows_spanning_lines", 0) == 0
+
+
+def test_extract_blank_lines_keep_pandas_row_numbers(tmp_path):
+    lines = [product_row(name="A"), "", product_row(name="B"), "", ""]
+    frame, stats = extract_one(tmp_path, lines)
+    expected = pd.read_csv(tmp_path / "raw" / "Sample.csv", dtype=str)
+
+    assert frame["name"].tolist() == expected["name"].tolist() == ["A", "B"]
+    assert frame["source_row"].tolist() == expected.index.tolist()
+    assert frame["source_line"].tolist() == [2, 4]
+    assert stats["counters"]["blank_lines_skipped"] == 3
+
+
+def test_extract_file_name_not_utf8(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    name = os.fsdecode(b"caf\xe9.csv")
+    write_csv(raw / name, [product_row()])
+
+    stats = run(raw, tmp_path / "out")
+
+    assert stats["rows_written"] == 1
+    assert rows_of(tmp_path / "out")["source_file"].tolist() == ["caf\ufffd.csv"]
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ((HEADER + "\r\n").encode("utf-16"), "UTF-16"),
+        ((HEADER + "\r" + product_row() + "\r").encode(), "carriage return"),
+    ],
+)
+def test_extract_unsupported_encodings_named(tmp_path, content, match):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "Odd.csv").write_bytes(content)
+
+    stats = run(raw, tmp_path / "out")
+
+    assert len(stats["files_failed"]) == 1
+    assert match in stats["files_failed"][0]["reason"]
+
+
+def test_extract_folder_problems_named(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file.csv").write_text(HEADER)
+
+    with pytest.raises(FileNotFoundError, match="no \\*.csv files"):
+        run(tmp_path / "empty", tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="is a file"):
+        run(tmp_path / "file.csv", tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="RAW_DIR is empty"):
+        run(Path(""), tmp_path / "out")
+
+
+def test_extract_unwritable_out_dir_fails_before_work(tmp_path):
+    raw = tmp_path / "raw"
+    write_csv(raw / "A.csv", [product_row()])
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+
+    with pytest.raises(OSError, match="cannot write to"):
+        run(raw, tmp_path / "blocker" / "out")
+    assert extract.main(["--raw-dir", str(raw), "--out-dir", str(tmp_path / "blocker")]) == 1
+
+
+def test_extract_removes_leftover_temporary_files(tmp_path):
+    raw = tmp_path / "raw"
+    write_csv(raw / "A.csv", [product_row()])
+    leftover = tmp_path / "out" / "extracted" / ".A-1234.parquet.abcd.tmp"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"half a file")
+
+    run(raw, tmp_path / "out")
+
+    assert not leftover.exists()

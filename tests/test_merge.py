@@ -6,7 +6,9 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from data.scripts import extract, merge
@@ -185,3 +187,44 @@ def test_merge_real_samples_shows_merged_file_duplicates(tmp_path):
     assert stats["rows_kept"] + stats["duplicate_rows_dropped"] == 21_760
     assert frame["image_url"].is_unique
     assert frame["key"].is_unique
+
+
+def test_merge_with_no_usable_url_writes_empty_table(tmp_path):
+    out = prepare(tmp_path, {"A.csv": [product_row(image=""), product_row(image="ftp://x/y")]})
+
+    stats = merge.run_merge(out)
+
+    assert stats["rows_kept"] == 0
+    assert merged_frame(out).empty
+    assert "key" in merged_frame(out).columns
+
+
+def test_merge_rejects_file_hides_credentials(tmp_path):
+    out = prepare(tmp_path, {"A.csv": [product_row(image="https://alice:Secret123@e.com/x.jpg")]})
+
+    merge.run_merge(out)
+
+    text = (out / "rejects" / "merge.csv").read_text()
+    assert "Secret123" not in text
+    assert "https://***@e.com/x.jpg" in text
+
+
+def test_merge_prefers_category_file_over_merged_file(tmp_path):
+    out = prepare(
+        tmp_path,
+        {
+            "Amazon-Products.csv": [product_row(image=URL_A)],
+            "Washing Machines.csv": [product_row(image=URL_A)],
+        },
+    )
+
+    merge.run_merge(out)
+
+    assert merged_frame(out)["source_file"].tolist() == ["Washing Machines.csv"]
+
+
+def test_merge_key_collision_detected():
+    urls = pa.chunked_array([pa.array(["https://a/1", "https://a/2"])])
+
+    with pytest.raises(RuntimeError, match="share a key"):
+        merge._check_no_collisions(urls, np.array([0]), np.array([0, 0]), np.array([2]))

@@ -118,6 +118,14 @@ def test_relabel_routes_unknown_to_new_label(tmp_path):
     assert frame["label_name"].tolist() == ["Other", "Unmapped Items"]
 
 
+@pytest.mark.parametrize("label", ["...", "\u65e5\u672c"])
+def test_relabel_unknown_label_without_letters(tmp_path, label):
+    out = merged_dir(tmp_path, ["garden"])
+
+    with pytest.raises(MappingError, match="UNKNOWN_LABEL"):
+        relabel.run_relabel(out, DEFAULT_MAPPING, unknown_label=label)
+
+
 def test_relabel_flags_label_conflicts(tmp_path):
     lines = [
         product_row(main_category="music", image="https://example.com/same.jpg"),

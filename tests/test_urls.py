@@ -46,6 +46,7 @@ AMAZON = "https://m.media-amazon.com/images/I/31UISB90sYL._AC_UL320_.jpg"
         ("https://b\u00fccher.de/x.jpg", "https://xn--bcher-kva.de/x.jpg"),
         ("http://[::1]:8080/x.jpg", "http://[::1]:8080/x.jpg"),
         ("http://127.0.0.1:8000/x.jpg", "http://127.0.0.1:8000/x.jpg"),
+        ("https://example.com./x.jpg", "https://example.com/x.jpg"),
     ],
 )
 def test_normalise_url_canonical_form(raw, expected):
@@ -70,6 +71,7 @@ def test_normalise_url_canonical_form(raw, expected):
         ("http://example.com:0/a.jpg", INVALID_URL),
         ("http://exa mple.com/a.jpg", INVALID_URL),
         ("http://example.com/a\nb.jpg", INVALID_URL),
+        ("https://example.com/" + "a" * 3000, INVALID_URL),
     ],
 )
 def test_normalise_url_drop_reason(raw, reason):

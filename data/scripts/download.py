@@ -440,6 +440,19 @@ def connect_kaggle_api(source: CredentialSource) -> DatasetDownloader:
             f"Kaggle rejected the credentials ({source.method} from {source.location}). "
             f"Create a new token at {KAGGLE_TOKEN_URL} and store it as described there."
         ) from exc
+    except requests.HTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        if status in (401, 403):
+            raise CredentialsError(
+                f"Kaggle rejected the credentials ({source.method} from {source.location}, "
+                f"HTTP {status}). Create a new token at {KAGGLE_TOKEN_URL} and store it as "
+                "described there."
+            ) from exc
+        raise DownloadError(
+            f"Checking the Kaggle credentials ({source.method} from {source.location}) "
+            f"failed with HTTP {status}: {redact_secrets(str(exc))}. Kaggle may be down; "
+            "rerun later."
+        ) from exc
     except requests.RequestException as exc:
         raise DownloadError(
             f"Checking the Kaggle credentials ({source.method} from {source.location}) "
@@ -495,10 +508,14 @@ def _describe_http_error(dataset: str, exc: requests.HTTPError) -> str:
             f"Kaggle dataset {dataset} not found (HTTP 404: {detail}). Check the slug at "
             f"https://www.kaggle.com/datasets/{dataset}."
         )
+    if status is not None and status >= 500:
+        return (
+            f"Downloading Kaggle dataset {dataset} failed: Kaggle answered HTTP {status} "
+            f"({detail}). The service may be down; rerun later."
+        )
     return (
         f"Downloading Kaggle dataset {dataset} failed (HTTP {status}: {detail}). "
-        "This machine needs network access to kaggle.com. Rerun later, or with --verbose for "
-        "the traceback."
+        "Rerun with --verbose for the traceback."
     )
 
 
@@ -754,6 +771,9 @@ def _download_into(
     """Download and extract in a staging folder inside ``out_path``, then move into place."""
     try:
         out_path.mkdir(parents=True, exist_ok=True)
+        for leftover in out_path.glob(STAGING_PREFIX + "*"):
+            logger.info("Removing %s, left by an interrupted download", leftover)
+            _remove_staging_dir(leftover)
         staging_dir = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_path))
     except OSError as exc:
         raise DownloadError(f"Creating the output folder {out_path} failed: {exc}.") from exc
@@ -770,6 +790,11 @@ def _download_into(
                 f"The file {zip_path.name} downloaded for Kaggle dataset {dataset} is not a "
                 f"valid zip ({exc}). Rerun to download it again."
             ) from exc
+        if not files:
+            raise DownloadError(
+                f"The zip {zip_path.name} downloaded for Kaggle dataset {dataset} holds no "
+                "files. Check the dataset on kaggle.com, then rerun."
+            )
         manifest = _build_manifest(dataset, zip_path, files, kaggle_version)
         _install_files(zip_path, extracted_dir, out_path, manifest, previous)
     except OSError as exc:

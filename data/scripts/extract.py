@@ -27,6 +27,7 @@ import csv
 import hashlib
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -82,6 +83,10 @@ INTERMEDIATE_COMPRESSION = "lz4"
 BLOCK_SIZE = 8 << 20  # bytes per block of the streaming reader
 TOLERANT_BATCH_ROWS = 50_000
 MAX_JOINED_LINES = 20  # lines one quoted value may span before its quote counts as stray
+MAX_FOLDED_FIELDS = 32  # extra fields folded into a name before a line counts as broken
+MAX_STRAY_QUOTE_CANDIDATES = 8  # quotes tried as stray ones in one line
+MAX_REPAIR_LINE_CHARS = 64 << 10  # longer lines are not searched for a stray quote
+MAX_FIELD_CHARS = 16 << 20  # csv.field_size_limit for the line-by-line parser
 MAX_REJECTS_KEPT = 1_000  # rejected rows stored per file, with their text
 REJECT_TEXT_CHARS = 300
 _UNNAMED_RE = re.compile(r"^(unnamed: ?\d+)?$")
@@ -170,14 +175,21 @@ def discover_files(source_dir: Path) -> tuple[list[Path], list[dict[str, str]]]:
         if path.suffix.lower() == ".csv":
             csv_files.append(path)
         else:
-            skipped.append({"source_file": relative.as_posix(), "reason": "not a .csv file"})
+            skipped.append({"source_file": display_name(relative), "reason": "not a .csv file"})
     return csv_files, skipped
+
+
+def display_name(relative: Path) -> str:
+    """Return a relative path as text; bytes that are not UTF-8 become U+FFFD."""
+    raw = os.fsencode(relative.as_posix())
+    return raw.decode("utf-8", errors="replace")
 
 
 def output_name(relative: str) -> str:
     """Return a unique, safe Parquet file name for a source path such as ``Home Dcor.csv``."""
     stem = re.sub(r"[^A-Za-z0-9]+", "-", relative.rsplit(".", 1)[0]).strip("-")[:80] or "file"
-    digest = hashlib.blake2b(relative.encode("utf-8"), digest_size=4).hexdigest()
+    digest = hashlib.blake2b(relative.encode("utf-8", "surrogateescape"), digest_size=4)
+    digest = digest.hexdigest()
     return f"{stem}-{digest}.parquet"
 
 
@@ -225,6 +237,13 @@ def read_header(path: Path, relative: str) -> Header:
         first = handle.readline(1 << 20)
     if not first.strip():
         raise FileError(f"{relative}: the file is empty; expected a header line")
+    if first.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise FileError(f"{relative}: the file is UTF-16; save it as UTF-8 and run again")
+    if b"\n" not in first and first.count(b"\r") > 1:
+        raise FileError(
+            f"{relative}: lines end with a bare carriage return (classic Mac OS); convert "
+            "the file to LF or CRLF line endings and run again"
+        )
     bom = first.startswith(b"\xef\xbb\xbf")
     first = first.removeprefix(b"\xef\xbb\xbf")
     try:
@@ -246,7 +265,7 @@ def read_header(path: Path, relative: str) -> Header:
     if missing:
         raise FileError(
             f"{relative}: missing required column(s) {', '.join(map(repr, missing))}; "
-            f"the header has {names}. Expected the Amazon Products columns "
+            f"the header has {str(names)[:300]}. Expected the Amazon Products columns "
             "name,main_category,sub_category,image,link,ratings,no_of_ratings,"
             "discount_price,actual_price; move other CSV files out of the raw folder"
         )
@@ -406,7 +425,7 @@ def read_fast(path: Path, header: Header, relative: str, result: FileResult) -> 
             column_names=generated, skip_rows=1, block_size=BLOCK_SIZE, use_threads=True
         ),
         "parse_options": pacsv.ParseOptions(
-            newlines_in_values=False, ignore_empty_lines=False, invalid_row_handler=on_invalid_row
+            newlines_in_values=False, ignore_empty_lines=True, invalid_row_handler=on_invalid_row
         ),
         "convert_options": pacsv.ConvertOptions(
             column_types={f"c{i}": pa.string() for i in header.index.values()},
@@ -417,23 +436,26 @@ def read_fast(path: Path, header: Header, relative: str, result: FileResult) -> 
     }
     rows = 0
     try:
-        # Opening reads the first block, so a parse error can come from here too.
-        for batch in pacsv.open_csv(path, **options):
-            columns = {name: batch.column(f"c{i}") for name, i in header.index.items()}
-            source_rows = pa.array(range(rows, rows + batch.num_rows), pa.int64())
-            yield transform_columns(
-                columns,
-                source_file=relative,
-                source_rows=source_rows,
-                source_lines=pc.add(source_rows, 2),
-                result=result,
-            )
-            rows += batch.num_rows
+        # Opening reads the first block, so a parse error can come from here too. A file
+        # object, unlike a path, also works for names that are not valid UTF-8.
+        with path.open("rb") as handle:
+            for batch in pacsv.open_csv(handle, **options):
+                columns = {name: batch.column(f"c{i}") for name, i in header.index.items()}
+                source_rows = pa.array(range(rows, rows + batch.num_rows), pa.int64())
+                yield transform_columns(
+                    columns,
+                    source_file=relative,
+                    source_rows=source_rows,
+                    source_lines=pc.add(source_rows, 2),
+                    result=result,
+                )
+                rows += batch.num_rows
     except pa.ArrowInvalid as exc:
         raise _NeedsTolerantParser(str(exc).splitlines()[0][:200]) from exc
 
-    # A value with a line break inside (or a stray carriage return) makes the number of
-    # rows differ from the number of lines; only then are row and line numbers unsure.
+    # A value with a line break inside, a stray carriage return or a blank line (which
+    # the reader skips) makes the number of rows differ from the number of lines; only
+    # then are row and line numbers unsure, and the line-by-line parser takes over.
     if rows + 1 != _count_lines(path):
         raise _NeedsTolerantParser("the row count does not match the line count")
     result.rows_read = rows
@@ -466,11 +488,15 @@ _CR_PLACEHOLDER = "\uffff"  # a Unicode noncharacter, never in real text
 
 
 def _parse_line(text: str) -> list[str]:
+    """Split one record into fields; an unparsable record gives no fields."""
     # The csv module rejects a bare carriage return outside quotes, so it is swapped
     # for a placeholder while parsing and put back in every field afterwards.
-    if "\r" not in text:
-        return next(csv.reader([text], strict=False), [])
-    fields = next(csv.reader([text.replace("\r", _CR_PLACEHOLDER)], strict=False), [])
+    try:
+        if "\r" not in text:
+            return next(csv.reader([text], strict=False), [])
+        fields = next(csv.reader([text.replace("\r", _CR_PLACEHOLDER)], strict=False), [])
+    except csv.Error:  # a field over csv.field_size_limit()
+        return []
     return [value.replace(_CR_PLACEHOLDER, "\r") for value in fields]
 
 
@@ -528,10 +554,14 @@ class _LineReader:
 
 
 def _fit_fields(fields: list[str], width: int, name_index: int | None) -> list[str] | None:
-    """Fold extra fields into the name column (its commas were not quoted), else None."""
+    """Fold extra fields into the name column (its commas were not quoted), else None.
+
+    More than ``MAX_FOLDED_FIELDS`` extra fields is not a product name but a broken
+    line, and gives None.
+    """
     if len(fields) == width:
         return fields
-    if len(fields) < width or name_index is None:
+    if len(fields) < width or name_index is None or len(fields) - width > MAX_FOLDED_FIELDS:
         return None
     extra = len(fields) - width
     name = ",".join(fields[name_index : name_index + extra + 1])
@@ -571,10 +601,14 @@ def _best_reading(text: str, fields: list[str], width: int) -> tuple[list[str], 
 
     Returns ``(fields, stray_quote)``. A reading with exactly ``width`` fields wins;
     otherwise the one with the fewest fields above ``width`` (extra fields are unquoted
-    commas, folded into the name later), the plain parse first on a tie.
+    commas, folded into the name later), the plain parse first on a tie. Only the first
+    ``MAX_STRAY_QUOTE_CANDIDATES`` quotes of lines up to ``MAX_REPAIR_LINE_CHARS`` are
+    tried, so a hostile line cannot make this quadratic.
     """
     readings = [(fields, False)]
-    readings += [(_literal_quote_fields(text, p), True) for p in _field_start_quotes(text)]
+    if len(text) <= MAX_REPAIR_LINE_CHARS:
+        quotes = _field_start_quotes(text)[:MAX_STRAY_QUOTE_CANDIDATES]
+        readings += [(_literal_quote_fields(text, p), True) for p in quotes]
     for reading in readings:
         if len(reading[0]) == width:
             return reading
@@ -590,6 +624,7 @@ def iter_tolerant_records(
     """Yield ``(line_number, fields)`` for each row that could be read or repaired."""
     width = len(header.names)
     name_index = header.index.get("name")
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_FIELD_CHARS))
     lines = _LineReader(path, result)
     try:
         next(lines, None)  # the header, already read by read_header
@@ -601,16 +636,18 @@ def iter_tolerant_records(
 
             fields = _parse_line(text)
             if len(fields) != width:
-                # A quoted value may go on over the next lines. If joining them gives no
-                # row, one quote may be stray, and unquoted commas in the name are folded
-                # back into it by _fit_fields below.
-                if _open_quote_position(text) is not None:
+                # A line that cannot be a whole row, even with one quote read as an
+                # ordinary character, may hold the start of a value that goes on over
+                # the next lines. Otherwise one quote may be stray, and unquoted commas
+                # in the name are folded back into it by _fit_fields below.
+                reading, stray_quote = _best_reading(text, fields, width)
+                if len(reading) < width and _open_quote_position(text) is not None:
                     joined = _join_quoted_lines(text, lines, width)
                     if joined is not None:
                         result.counters["rows_spanning_lines"] += 1
                         yield number, joined
                         continue
-                fields, stray_quote = _best_reading(text, fields, width)
+                fields = reading
                 if stray_quote:
                     result.counters["rows_repaired_stray_quote"] += 1
 
@@ -718,15 +755,16 @@ def run_extract(source_dir: Path, out_dir: Path, *, strict: bool = False) -> dic
     Raises FileNotFoundError when ``source_dir`` does not exist. With ``strict``, a
     file that could not be extracted raises FileError after all other files are done.
     """
-    if not source_dir.is_dir():
-        raise FileNotFoundError(
-            f"raw folder {str(source_dir)!r} does not exist; run 'make download' or pass "
-            "RAW_DIR=<folder with the Amazon Products CSV files>"
-        )
+    check_folders(source_dir, out_dir)
     started = time.monotonic()
     csv_files, skipped = discover_files(source_dir)
+    if not csv_files:
+        raise FileNotFoundError(
+            f"no *.csv files under {str(source_dir)!r}; run 'make download' or pass "
+            "RAW_DIR=<folder with the Amazon Products CSV files>"
+        )
     extracted_dir = out_dir / "extracted"
-    extracted_dir.mkdir(parents=True, exist_ok=True)
+    _remove_temporary_files(extracted_dir)
     logger.info("extract: %d CSV files under %s -> %s", len(csv_files), source_dir, extracted_dir)
 
     results: list[FileResult] = []
@@ -734,17 +772,22 @@ def run_extract(source_dir: Path, out_dir: Path, *, strict: bool = False) -> dic
     wanted_outputs: set[str] = set()
     progress = tqdm(csv_files, desc="extract", unit="file", disable=None)
     for path in progress:
-        relative = path.relative_to(source_dir).as_posix()
-        output = extracted_dir / output_name(relative)
+        relative = display_name(path.relative_to(source_dir))
+        output = extracted_dir / output_name(path.relative_to(source_dir).as_posix())
         wanted_outputs.add(output.name)
         result = read_cached_result(output, fingerprint(path, relative))
         if result is None:
             try:
                 result = extract_file(path, relative, output)
-            except (FileError, OSError) as exc:
+            except FileError as exc:
                 logger.error("%s", exc)
                 failed.append({"source_file": relative, "reason": str(exc)})
-                output.unlink(missing_ok=True)
+                _remove_quietly(output)
+                continue
+            except OSError as exc:
+                logger.error("%s: %s", relative, exc)
+                failed.append({"source_file": relative, "reason": f"{relative}: {exc}"})
+                _remove_quietly(output)
                 continue
         results.append(result)
         progress.set_postfix(rows=sum(r.rows_written for r in results), refresh=False)
@@ -767,6 +810,47 @@ def run_extract(source_dir: Path, out_dir: Path, *, strict: bool = False) -> dic
     if strict and failed:
         raise FileError(f"{len(failed)} file(s) could not be extracted (see the log above)")
     return stats
+
+
+def check_folders(source_dir: Path, out_dir: Path) -> None:
+    """Raise FileNotFoundError or OSError, naming the fix, before any work starts."""
+    if str(source_dir) in ("", "."):
+        raise FileNotFoundError(
+            "RAW_DIR is empty; pass RAW_DIR=<folder with the Amazon Products CSV files>"
+        )
+    if not source_dir.exists():
+        raise FileNotFoundError(
+            f"raw folder {str(source_dir)!r} does not exist; run 'make download' or pass "
+            "RAW_DIR=<folder with the Amazon Products CSV files>"
+        )
+    if not source_dir.is_dir():
+        raise FileNotFoundError(
+            f"RAW_DIR {str(source_dir)!r} is a file; pass the folder that contains the CSV files"
+        )
+    probe = out_dir / "extracted"
+    try:
+        probe.mkdir(parents=True, exist_ok=True)
+        with atomic_path(probe / ".write-check"):
+            pass
+        (probe / ".write-check").unlink()
+    except OSError as exc:
+        raise OSError(
+            f"cannot write to {str(probe)!r} ({exc.strerror or exc}); pass "
+            "PROCESSED_DIR=<writable folder> (--out-dir)"
+        ) from exc
+
+
+def _remove_temporary_files(folder: Path) -> None:
+    """Remove temporary files that a killed run left behind."""
+    for leftover in folder.glob(".*.tmp"):
+        _remove_quietly(leftover)
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        logger.warning("could not remove %s: %s", path, exc)
 
 
 def _remove_stale_outputs(extracted_dir: Path, wanted: set[str]) -> list[str]:
@@ -861,9 +945,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     try:
         run_extract(args.raw_dir, args.out_dir, strict=args.strict)
-    except (FileNotFoundError, FileError) as exc:
+    except (FileError, OSError) as exc:
         logger.error("%s", exc)
         return 1
+    except KeyboardInterrupt:
+        logger.error("extract: interrupted; files done so far are kept, run again to go on")
+        return 130
     return 0
 
 

@@ -7,9 +7,10 @@ Reads ``<processed-dir>/extracted/*.parquet`` (the extract stage's output) and w
    is dropped with its reason (``missing_url``, ``relative_url``, ``unsupported_scheme``,
    ``invalid_url``) and listed in ``rejects/merge.csv``.
 2. Rows that share a URL are reduced to the first one in source order (file name, then
-   row). The kept row records how many others it stood for (``duplicate_count``) and
-   the other main categories they carried (``conflicting_main_categories``): the same
-   photo under two categories is a label-noise signal for later stages.
+   row, with the dataset's merged ``Amazon-Products.csv`` last). The kept row records
+   how many others it stood for (``duplicate_count``) and the other main categories
+   they carried (``conflicting_main_categories``): the same photo under two categories
+   is a label-noise signal for later stages.
 3. ``key`` is a stable id derived from the URL alone (16 hex digits of XXH3-64), so it
    does not change when rows are added, removed or reordered.
 """
@@ -39,13 +40,15 @@ from data.scripts.common import (
     write_stats,
 )
 from data.scripts.relabel import MERGED_FILE, MappingError, load_mapping
-from data.scripts.urls import DROP_REASONS, normalise_url_array
+from data.scripts.urls import DROP_REASONS, normalise_url_array, redact_credentials
 
 logger = logging.getLogger(__name__)
 
 STAGE = "merge"
 
 MAX_REJECTS_KEPT = 100_000
+# The Kaggle dataset ships its per-category files and one file with all of them.
+MERGED_SOURCE_NAMES = frozenset({"Amazon-Products.csv"})
 
 
 def url_key(url: str) -> str:
@@ -76,10 +79,16 @@ def read_extracted(extracted_dir: Path) -> pa.Table:
             f"no extracted files in {str(extracted_dir)!r}; run 'make extract' first"
         )
     # Each file is in row order already, so ordering the files by their source name
-    # orders the whole table without a sort over every row.
+    # orders the whole table without a sort over every row. The dataset's merged file
+    # repeats the per-category rows; it goes last, so a kept row points at the
+    # per-category file it came from.
     tables = [pq.read_table(path) for path in files]
     sources = [t.column("source_file")[0].as_py() if t.num_rows else "" for t in tables]
-    order = sorted(range(len(tables)), key=lambda i: sources[i])
+
+    def position(i: int) -> tuple[bool, str]:
+        return Path(sources[i]).name in MERGED_SOURCE_NAMES, sources[i]
+
+    order = sorted(range(len(tables)), key=position)
     return pa.concat_tables([tables[i] for i in order])
 
 
@@ -108,6 +117,22 @@ def deduplicate(table: pa.Table) -> tuple[pa.Table, dict[str, int]]:
     ``table`` must be in source order; the kept row of each URL is its first one.
     Raises RuntimeError if two different URLs share a key.
     """
+    if table.num_rows == 0:
+        empty = table.add_column(0, "key", pa.array([], pa.string()))
+        empty = empty.append_column("duplicate_count", pa.array([], pa.int64()))
+        empty = empty.append_column(
+            "conflicting_main_categories", pa.array([], pa.list_(pa.string()))
+        )
+        counts = dict.fromkeys(
+            [
+                "duplicate_rows_dropped",
+                "urls_with_duplicates",
+                "urls_with_conflicting_categories",
+                "duplicate_rows_in_conflicting_urls",
+            ],
+            0,
+        )
+        return empty, counts
     numbers = _key_numbers(table.column("image_url"))
     _, first_rows, group_of_row, sizes = np.unique(
         numbers, return_index=True, return_inverse=True, return_counts=True
@@ -226,6 +251,8 @@ def run_merge(out_dir: Path, mapping_path: Path | None = None) -> dict[str, Any]
 def _write_rejects(out_dir: Path, rejected: pa.Table) -> None:
     path = out_dir / "rejects" / f"{STAGE}.csv"
     rows = rejected.slice(0, MAX_REJECTS_KEPT).to_pylist()
+    for row in rows:
+        row["image_url"] = redact_credentials(row["image_url"])
     with atomic_path(path) as tmp:
         with tmp.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(
@@ -261,9 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     try:
         run_merge(args.processed_dir, args.mapping)
-    except (FileNotFoundError, MappingError) as exc:
+    except (OSError, MappingError) as exc:
         logger.error("%s", exc)
         return 1
+    except KeyboardInterrupt:
+        logger.error("merge: interrupted; nothing was written")
+        return 130
     return 0
 
 

@@ -70,7 +70,10 @@ class CategoryMapping:
         for folder, display in self.labels.items():
             if label in (folder, display):
                 return self, folder
-        folder = safe_name(label)
+        try:
+            folder = safe_name(label)
+        except ValueError as exc:
+            raise MappingError(f"--unknown-label (UNKNOWN_LABEL): {exc}") from exc
         if folder in self.labels:
             raise MappingError(
                 f"--unknown-label {label!r} becomes folder {folder!r}, which is already the "
@@ -287,9 +290,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     try:
         run_relabel(args.processed_dir, args.mapping, args.unknown_label)
-    except (MappingError, FileNotFoundError) as exc:
+    except (MappingError, OSError) as exc:
         logger.error("%s", exc)
         return 1
+    except KeyboardInterrupt:
+        logger.error("relabel: interrupted; nothing was written")
+        return 130
     return 0
 
 

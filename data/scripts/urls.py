@@ -31,6 +31,7 @@ INVALID_URL = "invalid_url"
 DROP_REASONS = (MISSING_URL, RELATIVE_URL, UNSUPPORTED_SCHEME, INVALID_URL)
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+MAX_URL_CHARS = 2048  # longer URLs are not image links; most servers refuse them anyway
 _UNRESERVED_AND_SUBDELIMS = "-._~!$&'()*+,;=:@"
 _PATH_SAFE = frozenset(
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789/" + _UNRESERVED_AND_SUBDELIMS
@@ -38,6 +39,7 @@ _PATH_SAFE = frozenset(
 _QUERY_SAFE = _PATH_SAFE | frozenset("?")
 _HEX = frozenset("0123456789abcdefABCDEF")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_CREDENTIALS_RE = re.compile(r"^(\s*[A-Za-z][A-Za-z0-9+.-]*://)[^/?#@]*@")
 _HOST_RE = re.compile(
     r"^[a-z0-9](?:[a-z0-9_-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9_-]*[a-z0-9])?)*\.?$"
 )
@@ -79,6 +81,7 @@ def _percent_encode(text: str, safe: frozenset[str]) -> str:
 
 
 def _encode_host(host: str) -> str:
+    host = host.rstrip(".")  # "example.com." and "example.com" name the same host
     if host.isascii():
         ascii_host = host.lower()
     else:
@@ -100,8 +103,12 @@ def normalise_url(raw: str | None) -> str:
     text = (raw or "").strip()
     if not text:
         raise InvalidURL(MISSING_URL, "the image URL is empty")
+    if len(text) > MAX_URL_CHARS:
+        raise InvalidURL(
+            INVALID_URL, f"URL of {len(text)} characters is longer than {MAX_URL_CHARS}"
+        )
     if _CONTROL_RE.search(text):
-        raise InvalidURL(INVALID_URL, f"URL {text!r} contains control characters")
+        raise InvalidURL(INVALID_URL, f"URL {text[:200]!r} contains control characters")
     if text.startswith("//"):
         text = "https:" + text
 
@@ -163,3 +170,10 @@ def normalise_url_array(values: pa.Array) -> tuple[pa.Array, pa.Array, int]:
         rewritten += url != urls[index]
         urls[index] = url
     return pa.array(urls, type=pa.string()), pa.array(reasons, type=pa.string()), rewritten
+
+
+def redact_credentials(url: str | None) -> str | None:
+    """Replace a ``user:password@`` part of a URL with ``***@`` for logs and reports."""
+    if not url:
+        return url
+    return _CREDENTIALS_RE.sub(r"\1***@", url)

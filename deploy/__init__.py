@@ -1,0 +1,1 @@
+"""Deployment: model export and the prediction server (not built yet)."""

@@ -1,0 +1,1 @@
+"""End-to-end tests of the exported model and the prediction server."""

@@ -1,0 +1,1 @@
+"""Label correction: find, review and apply label fixes (not built yet)."""

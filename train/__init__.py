@@ -1,0 +1,1 @@
+"""Training: tf.data pipelines and transfer-learning models (not built yet)."""
