@@ -16,9 +16,9 @@ Steps:
 3. **Ours.** ``python -m data.scripts.fetch --image-size 256 --resize-mode keep-ratio``
    on a ``products.parquet`` of those URLs, into a new folder each run. Every row of
    the manifest must be ``ok``.
-4. **img2dataset.** Its CLI, from its own virtualenv under ``bench/.cache/`` (it pins
-   OpenCV < 5 and pandas < 3, which the project's environment does not meet), created
-   on first use. Settings match ours: longer side 256 (its ``keep_ratio_largest``;
+4. **img2dataset.** Its CLI, from its own virtualenv (it pins OpenCV < 5 and
+   pandas < 3, which the project's environment does not meet), created on first use
+   in ``--img2dataset-venv``. Settings match ours: longer side 256 (its ``keep_ratio_largest``;
    its ``keep_ratio`` scales the *shorter* side to 256), INTER_AREA, JPEG quality 90,
    SHA-256 of each body, no EXIF extraction, ``output_format files``, one process per
    core. Every URL must count as a success in its ``*_stats.json`` files.
@@ -72,7 +72,13 @@ LABELS = ("books", "kitchen", "shoes", "toys")
 MIN_SIDE, MAX_SIDE = 300, 600  # pixels, drawn uniformly per side
 MIN_BYTES, MAX_BYTES = 20 * 1024, 80 * 1024
 IMG2DATASET_VERSION = "1.47.0"
-IMG2DATASET_VENV = PROJECT_ROOT / "bench" / ".cache" / "img2dataset-venv"
+# Outside the repository on purpose: flake8 does not read .gitignore, so a virtualenv
+# under the project root would be linted by `make lint`.
+IMG2DATASET_VENV = (
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    / "bench_fetch"
+    / "img2dataset-venv"
+)
 SERVER_CPU_SATURATED = 0.9  # CPU seconds per wall second of one server process
 
 SERVER = """
@@ -146,7 +152,9 @@ def make_photo(seed: int, index: int) -> bytes:
             cv2.circle(image, centre, radius, colour, -1, cv2.LINE_AA)
         else:
             corners = rng.integers(0, [width, height], size=(2, 2))
-            cv2.rectangle(image, tuple(map(int, corners[0])), tuple(map(int, corners[1])), colour, -1)
+            cv2.rectangle(
+                image, tuple(map(int, corners[0])), tuple(map(int, corners[1])), colour, -1
+            )
     image = cv2.GaussianBlur(image, (0, 0), 1.5)
     noise = rng.standard_normal(image.shape, dtype=np.float32) * rng.uniform(4, 9)
     image = cv2.add(image, noise, dtype=cv2.CV_8U)
@@ -298,9 +306,7 @@ def write_products(processed: Path, urls: list[str]) -> None:
     pq.write_table(table, processed / "products.parquet")
 
 
-def run_ours(
-    work: Path, products: Path, concurrency: int, servers: list[subprocess.Popen]
-) -> Run:
+def run_ours(work: Path, products: Path, concurrency: int, servers: list[subprocess.Popen]) -> Run:
     """Fetch every URL of ``products`` into a new folder; raise if any row is not ok."""
     processed = Path(tempfile.mkdtemp(prefix="ours-", dir=work))
     shutil.copy(products, processed / "products.parquet")
@@ -327,17 +333,17 @@ def run_ours(
 
 
 def run_img2dataset(
-    work: Path, urls_file: Path, count: int, threads: int, servers: list[subprocess.Popen]
+    work: Path, urls_file: Path, count: int, args: argparse.Namespace, servers: list
 ) -> Run:
     """Download every URL of ``urls_file`` with img2dataset; raise if any one failed."""
     output = Path(tempfile.mkdtemp(prefix="img2dataset-", dir=work)) / "out"
     processes = os.cpu_count() or 1
     command = [
-        str(IMG2DATASET_VENV / "bin" / "img2dataset"),
+        str(args.img2dataset_venv / "bin" / "img2dataset"),
         *(f"--url_list={urls_file}", "--input_format=txt", f"--output_folder={output}"),
         *("--output_format=files", "--encode_format=jpg", f"--encode_quality={JPEG_QUALITY}"),
         *(f"--image_size={IMAGE_SIZE}", "--resize_mode=keep_ratio_largest"),
-        *(f"--processes_count={processes}", f"--thread_count={threads}"),
+        *(f"--processes_count={processes}", f"--thread_count={args.img2dataset_threads}"),
         # two shards per process, so that every process has work and none waits on the last
         f"--number_sample_per_shard={max(1, -(-count // (2 * processes)))}",
         *("--extract_exif=False", "--compute_hash=sha256"),
@@ -368,14 +374,13 @@ def check_longer_side(paths: list[Path], name: str) -> None:
             raise RuntimeError(f"{name} stored {path} at {width}x{height}, expected {IMAGE_SIZE}")
 
 
-def ensure_img2dataset() -> None:
-    """Create img2dataset's own virtualenv under bench/.cache unless it exists."""
-    executable = IMG2DATASET_VENV / "bin" / "img2dataset"
-    if executable.exists():
+def ensure_img2dataset(venv: Path) -> None:
+    """Create img2dataset's own virtualenv in ``venv`` unless it exists."""
+    if (venv / "bin" / "img2dataset").exists():
         return
-    logger.info("installing img2dataset %s into %s", IMG2DATASET_VERSION, IMG2DATASET_VENV)
-    subprocess.run([sys.executable, "-m", "venv", str(IMG2DATASET_VENV)], check=True)
-    pip = [str(IMG2DATASET_VENV / "bin" / "pip"), "install", "--quiet"]
+    logger.info("installing img2dataset %s into %s", IMG2DATASET_VERSION, venv)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "pip"), "install", "--quiet"]
     subprocess.run([*pip, f"img2dataset=={IMG2DATASET_VERSION}"], check=True)
 
 
@@ -408,7 +413,7 @@ def run_rounds(args: argparse.Namespace, work: Path, images: Path, servers: list
         return run_ours(work, products, concurrency, servers)
 
     def theirs() -> Run:
-        return run_img2dataset(work, urls_file, args.images, args.img2dataset_threads, servers)
+        return run_img2dataset(work, urls_file, args.images, args, servers)
 
     ours(args.concurrency[0])
     theirs()
@@ -566,14 +571,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="img2dataset thread_count, per process (default: 32)",
     )
     parser.add_argument(
+        "--img2dataset-venv",
+        type=Path,
+        default=IMG2DATASET_VENV,
+        help="img2dataset's virtualenv, created when missing "
+        "(default: ~/.cache/bench_fetch/img2dataset-venv)",
+    )
+    parser.add_argument(
         "--server-processes",
         type=int,
         default=2,
         help="aiohttp processes serving the images (default: 2)",
     )
-    parser.add_argument(
-        "--quick", action="store_true", help="smoke test: 200 images and 1 round"
-    )
+    parser.add_argument("--quick", action="store_true", help="smoke test: 200 images and 1 round")
     parser.add_argument(
         "--keep", action="store_true", help="keep the temporary folder with the images"
     )
@@ -587,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.images < 1 or args.rounds < 1 or args.server_processes < 1:
         raise SystemExit("--images, --rounds and --server-processes must be 1 or more")
     setup_logging()
-    ensure_img2dataset()
+    ensure_img2dataset(args.img2dataset_venv)
     load_before = Path("/proc/loadavg").read_text().split()[:3]
 
     work = Path(tempfile.mkdtemp(prefix="bench-fetch-"))
