@@ -9,10 +9,10 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 
 from data.scripts import extract
+from data.scripts.common import read_arrow
 from tests.helpers import (
     ALL_ELECTRONICS,
     HEADER,
@@ -28,8 +28,8 @@ def run(raw: Path, out: Path, **kwargs) -> dict:
 
 
 def rows_of(out: Path) -> pd.DataFrame:
-    files = sorted((out / "extracted").glob("*.parquet"))
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    files = sorted((out / "extracted").glob("*.arrow"))
+    return pd.concat([read_arrow(f).to_pandas() for f in files], ignore_index=True)
 
 
 def extract_one(tmp_path: Path, lines: list[str], **write_kwargs) -> tuple[pd.DataFrame, dict]:
@@ -310,7 +310,7 @@ def test_extract_removes_output_of_deleted_source(tmp_path):
     stats = run(raw, tmp_path / "out")
 
     assert len(stats["outputs_removed"]) == 1
-    assert len(list((tmp_path / "out" / "extracted").glob("*.parquet"))) == 1
+    assert len(list((tmp_path / "out" / "extracted").glob("*.arrow"))) == 1
 
 
 def test_extract_failure_leaves_no_partial_file(tmp_path, monkeypatch):
@@ -335,13 +335,14 @@ def test_extract_output_name_is_safe_and_unique():
     assert first != second
     assert "/" not in traversal
     assert not traversal.startswith(".")
-    assert first.endswith(".parquet")
+    assert first.endswith(".arrow")
 
 
 def test_extract_memory_does_not_hold_whole_file(tmp_path, monkeypatch):
     raw = tmp_path / "raw"
     write_csv(raw / "Big.csv", [product_row(name=f"item {i}") for i in range(3000)])
     monkeypatch.setattr(extract, "BLOCK_SIZE", 64 << 10)
+    monkeypatch.setattr(extract, "WHOLE_FILE_BYTES", 0)
     batch_sizes = []
     original = extract.transform_columns
 
@@ -426,7 +427,7 @@ def test_extract_cli_exit_codes(tmp_path):
 
     assert extract.main(["--raw-dir", str(raw), "--out-dir", str(tmp_path / "out")]) == 0
     assert extract.main(["--raw-dir", str(tmp_path / "missing")]) == 1
-    table = pq.read_table(next((tmp_path / "out" / "extracted").glob("*.parquet")))
+    table = read_arrow(next((tmp_path / "out" / "extracted").glob("*.arrow")))
     assert table.num_rows == 1
 
 
@@ -541,3 +542,16 @@ def test_extract_removes_leftover_temporary_files(tmp_path):
     run(raw, tmp_path / "out")
 
     assert not leftover.exists()
+
+
+def test_extract_streaming_and_whole_file_agree(tmp_path, monkeypatch):
+    lines = [product_row(name=f"item {i}", ratings="Get" if i % 7 else "4.1") for i in range(2000)]
+    raw = tmp_path / "raw"
+    write_csv(raw / "A.csv", lines)
+    whole = run(raw, tmp_path / "whole")
+    monkeypatch.setattr(extract, "BLOCK_SIZE", 32 << 10)
+    monkeypatch.setattr(extract, "WHOLE_FILE_BYTES", 0)
+    streamed = run(raw, tmp_path / "streamed")
+
+    pd.testing.assert_frame_equal(rows_of(tmp_path / "whole"), rows_of(tmp_path / "streamed"))
+    assert whole["counters"] == streamed["counters"]

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 
 from data.scripts import extract, merge
+from data.scripts.common import read_arrow
 from data.scripts.relabel import MappingError
 from tests.helpers import TRIMMED_SAMPLES, product_row, requires_samples, write_csv
 
@@ -29,7 +30,7 @@ def prepare(tmp_path: Path, files: dict[str, list[str]]) -> Path:
 
 
 def merged_frame(out: Path) -> pd.DataFrame:
-    return pd.read_parquet(out / "merged.parquet")
+    return read_arrow(out / "merged.arrow").to_pandas()
 
 
 def test_merge_drops_unusable_urls_with_reason(tmp_path):
@@ -160,7 +161,7 @@ def test_merge_checks_mapping_before_work(tmp_path):
 
     with pytest.raises(MappingError, match="not valid TOML"):
         merge.run_merge(out, bad)
-    assert not (out / "merged.parquet").exists()
+    assert not (out / "merged.arrow").exists()
 
 
 def test_merge_writes_stats(tmp_path):

@@ -100,3 +100,20 @@ def count_values(values: pa.ChunkedArray | pa.Array) -> dict[str, int]:
     """Return ``{value: rows}`` sorted by value, for the stats files."""
     counts = sorted(pc.value_counts(values).to_pylist(), key=lambda row: str(row["values"]))
     return {str(row["values"]): row["counts"] for row in counts}
+
+
+def write_arrow(path: str | os.PathLike[str], table: pa.Table) -> None:
+    """Write ``table`` as an Arrow IPC file, atomically; the format for in-between tables.
+
+    Arrow IPC files need no encoding on write and are mapped into memory on read, so a
+    stage hands a table to the next one at the cost of a file copy.
+    """
+    with atomic_path(path) as tmp:
+        with pa.ipc.new_file(tmp, table.schema) as writer:
+            writer.write_table(table)
+
+
+def read_arrow(path: str | os.PathLike[str]) -> pa.Table:
+    """Read an Arrow IPC file written by ``write_arrow``, mapped into memory."""
+    with pa.memory_map(str(path)) as source:
+        return pa.ipc.open_file(source).read_all()

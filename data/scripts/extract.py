@@ -1,7 +1,8 @@
 """Extract stage: keep the columns later stages need from every CSV file under a folder.
 
 For each ``*.csv`` under ``--raw-dir`` (recursively, hidden files ignored) this writes
-``<out-dir>/extracted/<file>.parquet`` with one row per product row:
+``<out-dir>/extracted/<file>.arrow`` (an Arrow IPC file, which the merge stage maps into
+memory without a copy) with one row per product row:
 
 * ``source_file`` (path relative to the raw folder), ``source_row`` (0-based data row,
   what ``pandas.read_csv`` would give as the index for a well-formed file) and
@@ -40,7 +41,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from data.scripts.common import (
@@ -49,6 +49,7 @@ from data.scripts.common import (
     processed_dir,
     raw_dir,
     setup_logging,
+    write_json,
     write_stats,
 )
 from data.scripts.text import (
@@ -62,7 +63,7 @@ logger = logging.getLogger(__name__)
 
 STAGE = "extract"
 # Bump when the output of a file changes for the same input, so cached files are rebuilt.
-EXTRACTOR_VERSION = 1
+EXTRACTOR_VERSION = 2
 REQUIRED_COLUMNS = ("main_category", "sub_category", "image")
 TEXT_COLUMNS = ("name",)
 NUMERIC_COLUMNS = ("ratings", "no_of_ratings", "discount_price", "actual_price")
@@ -78,9 +79,10 @@ OUTPUT_SCHEMA = pa.schema(
         *[(column, pa.float64()) for column in NUMERIC_COLUMNS],
     ]
 )
-# Extracted files are read once, by the merge stage: fast compression beats small files.
-INTERMEDIATE_COMPRESSION = "lz4"
 BLOCK_SIZE = 8 << 20  # bytes per block of the streaming reader
+# Files up to this size are parsed in one go, which pyarrow spreads over every core;
+# larger ones are streamed block by block, so memory does not grow with the file.
+WHOLE_FILE_BYTES = 32 << 20  # bytes per block of the streaming reader
 TOLERANT_BATCH_ROWS = 50_000
 MAX_JOINED_LINES = 20  # lines one quoted value may span before its quote counts as stray
 MAX_FOLDED_FIELDS = 32  # extra fields folded into a name before a line counts as broken
@@ -190,7 +192,7 @@ def output_name(relative: str) -> str:
     stem = re.sub(r"[^A-Za-z0-9]+", "-", relative.rsplit(".", 1)[0]).strip("-")[:80] or "file"
     digest = hashlib.blake2b(relative.encode("utf-8", "surrogateescape"), digest_size=4)
     digest = digest.hexdigest()
-    return f"{stem}-{digest}.parquet"
+    return f"{stem}-{digest}.arrow"
 
 
 def fingerprint(path: Path, relative: str) -> dict[str, Any]:
@@ -203,14 +205,18 @@ def fingerprint(path: Path, relative: str) -> dict[str, Any]:
     }
 
 
+def counts_path(output: Path) -> Path:
+    """Return the JSON file beside ``output`` that records its source and counts."""
+    return output.with_suffix(".json")
+
+
 def read_cached_result(output: Path, expected: dict[str, Any]) -> FileResult | None:
     """Return the stored result of ``output`` if it was made from the same input."""
     if not output.exists():
         return None
     try:
-        metadata = pq.read_metadata(output).metadata or {}
-        stored = json.loads(metadata.get(b"extract", b"{}"))
-    except (OSError, pa.ArrowInvalid, json.JSONDecodeError):
+        stored = json.loads(counts_path(output).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return None
     if stored.get("fingerprint") != expected:
         return None
@@ -435,11 +441,19 @@ def read_fast(path: Path, header: Header, relative: str, result: FileResult) -> 
         ),
     }
     rows = 0
+    lines = None
     try:
-        # Opening reads the first block, so a parse error can come from here too. A file
-        # object, unlike a path, also works for names that are not valid UTF-8.
+        # A file object, unlike a path, also works for names that are not valid UTF-8.
         with path.open("rb") as handle:
-            for batch in pacsv.open_csv(handle, **options):
+            if path.stat().st_size <= WHOLE_FILE_BYTES:
+                data = handle.read()
+                lines = data.count(b"\n") + (not data.endswith(b"\n"))
+                table = pacsv.read_csv(pa.BufferReader(data), **options)
+                blocks: Any = table.combine_chunks().to_batches()
+            else:
+                # Opening reads the first block, so a parse error can come from here too.
+                blocks = pacsv.open_csv(handle, **options)
+            for batch in blocks:
                 columns = {name: batch.column(f"c{i}") for name, i in header.index.items()}
                 source_rows = pa.array(range(rows, rows + batch.num_rows), pa.int64())
                 yield transform_columns(
@@ -456,7 +470,7 @@ def read_fast(path: Path, header: Header, relative: str, result: FileResult) -> 
     # A value with a line break inside, a stray carriage return or a blank line (which
     # the reader skips) makes the number of rows differ from the number of lines; only
     # then are row and line numbers unsure, and the line-by-line parser takes over.
-    if rows + 1 != _count_lines(path):
+    if rows + 1 != (lines if lines is not None else _count_lines(path)):
         raise _NeedsTolerantParser("the row count does not match the line count")
     result.rows_read = rows
 
@@ -732,18 +746,20 @@ def _write_output(
     source: dict[str, Any],
     result: FileResult,
 ) -> None:
-    """Write the batches to ``output`` atomically, with the counts as file metadata."""
+    """Write the batches to ``output``, then its counts beside it, each atomically.
+
+    The old counts file goes first, so an interruption between the two writes leaves an
+    output without counts, which the next run extracts again.
+    """
+    counts_path(output).unlink(missing_ok=True)
     with atomic_path(output) as tmp:
-        with pq.ParquetWriter(tmp, OUTPUT_SCHEMA, compression=INTERMEDIATE_COMPRESSION) as writer:
+        with pa.ipc.new_file(tmp, OUTPUT_SCHEMA) as writer:
             for batch in batches:
                 writer.write_batch(batch)
                 result.rows_written += batch.num_rows
-            if result.rows_written == 0:
-                writer.write_table(OUTPUT_SCHEMA.empty_table())
-            if result.counters["lines_decoded_as_cp1252"] and result.encoding == "utf-8":
-                result.encoding = "mixed"
-            payload = {"fingerprint": source, "result": result.to_json()}
-            writer.add_key_value_metadata({"extract": json.dumps(payload)})
+    if result.counters["lines_decoded_as_cp1252"] and result.encoding == "utf-8":
+        result.encoding = "mixed"
+    write_json(counts_path(output), {"fingerprint": source, "result": result.to_json()})
 
 
 # ---- the stage ----
@@ -854,10 +870,14 @@ def _remove_quietly(path: Path) -> None:
 
 
 def _remove_stale_outputs(extracted_dir: Path, wanted: set[str]) -> list[str]:
+    """Remove outputs whose source file is gone, and files of an older output format."""
     removed = []
-    for output in sorted(extracted_dir.glob("*.parquet")):
-        if output.name not in wanted:
-            output.unlink()
+    for output in sorted(extracted_dir.iterdir()):
+        stem_output = output.with_suffix(".arrow").name
+        if output.name.startswith(".") or stem_output in wanted:
+            continue
+        output.unlink()
+        if output.suffix == ".arrow":
             removed.append(output.name)
             logger.info("removed %s: its source file is gone", output.name)
     return removed

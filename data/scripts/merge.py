@@ -1,7 +1,7 @@
 """Merge stage: one table of unique, normalised image URLs from all extracted files.
 
-Reads ``<processed-dir>/extracted/*.parquet`` (the extract stage's output) and writes
-``<processed-dir>/merged.parquet``:
+Reads ``<processed-dir>/extracted/*.arrow`` (the extract stage's output) and writes
+``<processed-dir>/merged.arrow`` (Arrow IPC, which the relabel stage maps into memory):
 
 1. URLs are normalised (see ``data.scripts.urls``); a row without a usable http(s) URL
    is dropped with its reason (``missing_url``, ``relative_url``, ``unsupported_scheme``,
@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import xxhash
 
 from data.scripts.common import (
@@ -36,7 +35,9 @@ from data.scripts.common import (
     atomic_path,
     count_values,
     processed_dir,
+    read_arrow,
     setup_logging,
+    write_arrow,
     write_stats,
 )
 from data.scripts.relabel import MERGED_FILE, MappingError, load_mapping
@@ -62,6 +63,15 @@ def url_key(url: str) -> str:
     return f"{xxhash.xxh3_64_intdigest(url.encode('utf-8')):016x}"
 
 
+def hex_keys(numbers: np.ndarray) -> pa.Array:
+    """Format 64-bit key numbers as 16 lower-case hex digits each, without a Python loop."""
+    digits = numbers.astype(">u8").tobytes().hex().encode("ascii")
+    fixed = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(16), len(numbers), [None, pa.py_buffer(digits)]
+    )
+    return fixed.cast(pa.binary()).cast(pa.string())
+
+
 def _key_numbers(urls: pa.ChunkedArray) -> np.ndarray:
     values = urls.to_pylist()
     return np.fromiter(
@@ -73,7 +83,7 @@ def _key_numbers(urls: pa.ChunkedArray) -> np.ndarray:
 
 def read_extracted(extracted_dir: Path) -> pa.Table:
     """Read every extracted file into one table in source order (file name, then row)."""
-    files = sorted(extracted_dir.glob("*.parquet"))
+    files = sorted(extracted_dir.glob("*.arrow"))
     if not files:
         raise FileNotFoundError(
             f"no extracted files in {str(extracted_dir)!r}; run 'make extract' first"
@@ -82,14 +92,15 @@ def read_extracted(extracted_dir: Path) -> pa.Table:
     # orders the whole table without a sort over every row. The dataset's merged file
     # repeats the per-category rows; it goes last, so a kept row points at the
     # per-category file it came from.
-    tables = [pq.read_table(path) for path in files]
+    tables = [read_arrow(path) for path in files]
     sources = [t.column("source_file")[0].as_py() if t.num_rows else "" for t in tables]
 
     def position(i: int) -> tuple[bool, str]:
         return Path(sources[i]).name in MERGED_SOURCE_NAMES, sources[i]
 
     order = sorted(range(len(tables)), key=position)
-    return pa.concat_tables([tables[i] for i in order])
+    # One chunk per column makes the filters and takes below several times faster.
+    return pa.concat_tables([tables[i] for i in order]).combine_chunks()
 
 
 def drop_unusable_urls(table: pa.Table) -> tuple[pa.Table, pa.Table, dict[str, int], int]:
@@ -156,8 +167,7 @@ def deduplicate(table: pa.Table) -> tuple[pa.Table, dict[str, int]]:
     several = np.bincount(pairs // width, minlength=len(order)) > 1
     conflicting = _conflicting_categories(pairs, width, several, categories, kept)
 
-    keys = [f"{number:016x}" for number in numbers[kept_rows].tolist()]
-    kept = kept.add_column(0, "key", pa.array(keys, pa.string()))
+    kept = kept.add_column(0, "key", hex_keys(numbers[kept_rows]))
     kept = kept.append_column("duplicate_count", pa.array(duplicate_count, pa.int64()))
     kept = kept.append_column("conflicting_main_categories", conflicting)
     counts = {
@@ -206,7 +216,7 @@ def _conflicting_categories(
 
 
 def run_merge(out_dir: Path, mapping_path: Path | None = None) -> dict[str, Any]:
-    """Merge ``out_dir/extracted`` into ``out_dir/merged.parquet``; return the stats.
+    """Merge ``out_dir/extracted`` into ``out_dir/merged.arrow``; return the stats.
 
     ``mapping_path``, when given, is only checked, so that a broken mapping file stops
     the pipeline before the merge instead of after it.
@@ -220,8 +230,7 @@ def run_merge(out_dir: Path, mapping_path: Path | None = None) -> dict[str, Any]
     kept, rejected, dropped, rewritten = drop_unusable_urls(table)
     merged, duplicate_counts = deduplicate(kept)
 
-    with atomic_path(out_dir / MERGED_FILE) as tmp:
-        pq.write_table(merged, tmp, compression="lz4")
+    write_arrow(out_dir / MERGED_FILE, merged)
     _write_rejects(out_dir, rejected)
 
     stats = {

@@ -1,6 +1,6 @@
 """Relabel stage: map the source main categories onto the labels the model learns.
 
-Reads ``<processed-dir>/merged.parquet`` and the mapping file (TOML, edited by users,
+Reads ``<processed-dir>/merged.arrow`` and the mapping file (TOML, edited by users,
 default ``data/category_mapping.toml``) and writes ``<processed-dir>/products.parquet``
 with two more columns: ``label`` (a safe folder name such as ``household_essentials``)
 and ``label_name`` (the display name from the mapping file), plus ``label_conflict``
@@ -33,6 +33,7 @@ from data.scripts.common import (
     atomic_path,
     count_values,
     processed_dir,
+    read_arrow,
     setup_logging,
     write_json,
     write_stats,
@@ -42,7 +43,7 @@ from data.scripts.text import normalise_category, safe_name
 logger = logging.getLogger(__name__)
 
 STAGE = "relabel"
-MERGED_FILE = "merged.parquet"
+MERGED_FILE = "merged.arrow"
 PRODUCTS_FILE = "products.parquet"
 LABELS_FILE = "labels.json"
 DEFAULT_MAPPING = PROJECT_ROOT / "data" / "category_mapping.toml"
@@ -184,7 +185,7 @@ def apply_mapping(
 def run_relabel(
     out_dir: Path, mapping_path: Path, unknown_label: str | None = None
 ) -> dict[str, Any]:
-    """Write ``products.parquet`` and ``labels.json`` from ``merged.parquet``.
+    """Write ``products.parquet`` and ``labels.json`` from ``merged.arrow``.
 
     Raises MappingError, before writing anything, when the mapping file is invalid or
     the data has main categories that it does not list and ``unknown_label`` is None.
@@ -197,7 +198,7 @@ def run_relabel(
     merged_path = out_dir / MERGED_FILE
     if not merged_path.is_file():
         raise FileNotFoundError(f"{str(merged_path)!r} not found; run 'make merge' first")
-    table = pq.read_table(merged_path)
+    table = read_arrow(merged_path)
     logger.info("relabel: %d rows from %s with %s", table.num_rows, merged_path, mapping_path)
 
     unknown = find_unknown_categories(table.column("main_category"), mapping)
@@ -267,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--processed-dir",
         type=Path,
         default=processed_dir(DEFAULT_DATA_VERSION),
-        help="folder with merged.parquet (default: data/processed/v1)",
+        help="folder with merged.arrow (default: data/processed/v1)",
     )
     parser.add_argument(
         "--mapping",
