@@ -21,6 +21,7 @@ CONCURRENCY ?= 64
 PER_HOST ?= 16
 SHARD ?=
 ALLOW_PRIVATE_ADDRESSES ?=
+ALLOW_NETWORK ?=
 USER_AGENT ?=
 FETCH_ARGS ?=
 EXTRAS ?=
@@ -50,7 +51,8 @@ help: ## List the targets and what each one does
 	@echo "Variables: DATA_VERSION=$(DATA_VERSION) RAW_DIR=$(RAW_DIR) PROCESSED_DIR=$(PROCESSED_DIR)"
 	@echo "           MAPPING=$(MAPPING) UNKNOWN_LABEL=$(UNKNOWN_LABEL) EXTRAS=$(EXTRAS)"
 	@echo "           IMAGE_SIZE=$(IMAGE_SIZE) RESIZE_MODE=$(RESIZE_MODE) CONCURRENCY=$(CONCURRENCY)"
-	@echo "           PER_HOST=$(PER_HOST) SHARD=$(SHARD) ALLOW_PRIVATE_ADDRESSES=$(ALLOW_PRIVATE_ADDRESSES)"
+	@echo "           PER_HOST=$(PER_HOST) SHARD=$(SHARD) ALLOW_NETWORK=$(ALLOW_NETWORK)"
+	@echo "           ALLOW_PRIVATE_ADDRESSES=$(ALLOW_PRIVATE_ADDRESSES)"
 
 # ---- set-up ----
 
@@ -107,6 +109,7 @@ prepare: extract merge ## Run every data-preparation stage: extract, merge, rela
 
 NETWORK_ARGS = --concurrency $(CONCURRENCY) --per-host $(PER_HOST) \
 	$(if $(filter 1 yes true,$(ALLOW_PRIVATE_ADDRESSES)),--allow-private-addresses) \
+	$(foreach network,$(ALLOW_NETWORK),--allow-network=$(network)) \
 	$(if $(USER_AGENT),--user-agent "$(USER_AGENT)")
 
 validate: install ## Survey the image URLs: reachable share, types and sizes per host
@@ -114,8 +117,8 @@ validate: install ## Survey the image URLs: reachable share, types and sizes per
 
 fetch: install ## Download, check and store every image under PROCESSED_DIR/images/<label>/
 	$(PY) -m data.scripts.fetch --processed-dir "$(PROCESSED_DIR)" $(NETWORK_ARGS) \
-		$(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE) --resize-mode $(RESIZE_MODE)) \
-		$(if $(SHARD),--shard $(SHARD)) $(FETCH_ARGS)
+		$(if $(IMAGE_SIZE),--image-size=$(IMAGE_SIZE)) --resize-mode=$(RESIZE_MODE) \
+		$(if $(SHARD),--shard=$(SHARD)) $(FETCH_ARGS)
 
 merge-shards: install ## Combine the manifests of SHARD=i/n runs into manifest.parquet
 	$(PY) -m data.scripts.fetch --processed-dir "$(PROCESSED_DIR)" --merge-shards

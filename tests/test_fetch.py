@@ -17,12 +17,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data.scripts import fetch
+from data.scripts import fetch, httpclient
 from data.scripts.fetch import FetchOptions, parse_shard, run_fetch
 from data.scripts.httpclient import HttpConfig
 from data.scripts.images import ImageCheckConfig
 from data.scripts.manifest import read_manifest
 from data.scripts.merge import url_key
+from data.scripts.urls import normalise_url
 from tests.fault_server import FaultServer
 from tests.helpers import REPO_ROOT
 
@@ -63,13 +64,18 @@ def server():
     instance.stop()
 
 
+def key_of(url: str) -> str:
+    """The key the merge stage gives ``url``."""
+    return url_key(normalise_url(url))
+
+
 def write_products(path: Path, rows: list[tuple[str, str]], keys: list[str] | None = None) -> Path:
-    """Write a products table of (url, label) pairs with keys as the merge stage makes them."""
-    keys = keys or [url_key(url) for url, _ in rows]
+    """Write a products table of (url, label) pairs as the merge and relabel stages do."""
+    keys = keys or [key_of(url) for url, _ in rows]
     table = pa.table(
         {
             "key": keys,
-            "image_url": [url for url, _ in rows],
+            "image_url": [normalise_url(url) for url, _ in rows],
             "label": [label for _, label in rows],
         }
     )
@@ -112,7 +118,7 @@ def test_fetch_outcomes_and_manifest(server, tmp_path):
 
     stats = run_fetch(options_for(tmp_path, http=http))
     manifest = manifest_frame(tmp_path)
-    status_of = {url: manifest.loc[url_key(url), "status"] for url, _ in rows}
+    status_of = {url: manifest.loc[key_of(url), "status"] for url, _ in rows}
 
     assert status_of[rows[0][0]] == "ok"
     assert status_of[rows[1][0]] == "ok"
@@ -137,9 +143,9 @@ def test_fetch_stores_decodable_jpegs_per_label(server, tmp_path):
     manifest = manifest_frame(tmp_path)
 
     for url, label in rows:
-        row = manifest.loc[url_key(url)]
+        row = manifest.loc[key_of(url)]
         path = tmp_path / row["path"]
-        assert row["path"] == f"images/{label}/{url_key(url)}.jpg"
+        assert row["path"] == f"images/{label}/{key_of(url)}.jpg"
         assert path.exists()
         image = cv2.imread(str(path))
         assert image.shape == (96, 128, 3)
@@ -156,7 +162,7 @@ def test_fetch_duplicate_goes_to_smallest_key(server, tmp_path):
 
     run_fetch(options_for(tmp_path))
     manifest = manifest_frame(tmp_path)
-    keys = sorted(url_key(u) for u in urls)
+    keys = sorted(key_of(u) for u in urls)
 
     assert manifest.loc[keys[0], "status"] == "ok"
     assert (manifest.loc[keys[1:], "status"] == "duplicate").all()
@@ -180,7 +186,7 @@ def test_fetch_resize_mode_and_size(server, tmp_path):
 def test_fetch_rejects_unsafe_label_and_key(server, tmp_path):
     url = server.url("/img/p6.jpg")
     rows = [(url, "../../escape"), (server.url("/img/p7.jpg"), "fashion")]
-    keys = [url_key(url), "../../etc/passwd"]
+    keys = [key_of(url), "../../etc/passwd"]
     write_products(tmp_path / "products.parquet", rows, keys)
 
     run_fetch(options_for(tmp_path))
@@ -230,7 +236,7 @@ def test_fetch_shards_split_and_merge(server, tmp_path):
     assert sum(counts) == len(rows)
     assert min(counts) > 0
     assert result["rows"] == len(rows)
-    assert set(manifest.index) == {url_key(url) for url, _ in rows}
+    assert set(manifest.index) == {key_of(url) for url, _ in rows}
     assert (manifest["status"] == "ok").all()
 
 
@@ -371,3 +377,118 @@ def test_fetch_sigterm_flushes_and_resumes(server, tmp_path):
     )
     assert (manifest_rows(tmp_path)["status"] == "ok").all()
     assert len(server.requests) - before <= len(rows) - flushed.num_rows
+
+
+# ---- inputs found by trying to break the stage ----
+
+
+def test_fetch_second_run_on_same_folder_refused(server, tmp_path):
+    write_products(tmp_path / "products.parquet", [(server.url("/img/p0.jpg"), "fashion")])
+
+    with fetch.run_lock(tmp_path / "manifest.parquet"):
+        with pytest.raises(RuntimeError, match="another fetch"):
+            run_fetch(options_for(tmp_path))
+
+
+def test_merge_shards_refuses_mixed_splits(server, tmp_path):
+    rows = [(server.url(f"/img/p{i}.jpg"), "fashion") for i in range(4)]
+    write_products(tmp_path / "products.parquet", rows)
+    run_fetch(options_for(tmp_path, shard=(0, 2)))
+    run_fetch(options_for(tmp_path, shard=(0, 3)))
+
+    with pytest.raises(ValueError, match="split \\[2, 3\\] ways"):
+        fetch.merge_shard_manifests(tmp_path)
+
+
+def test_fetch_held_host_does_not_stall_others(server, tmp_path):
+    held = server.url("/retry-after/seconds:2/1/p33.jpg")
+    others = [f"http://localhost:{server.port}/img/p{i}.jpg" for i in range(34, 46)]
+    rows = [(held, "fashion")] + [(url, "stores") for url in others]
+    write_products(tmp_path / "products.parquet", rows)
+    http = replace(LOCAL_HTTP, concurrency=2, per_host=2)
+
+    run_fetch(options_for(tmp_path, http=http))
+    manifest = manifest_frame(tmp_path)
+
+    assert (manifest["status"] == "ok").all()
+    held_at = manifest.loc[key_of(held), "fetched_at"]
+    assert (manifest.loc[[key_of(u) for u in others], "fetched_at"] < held_at).all()
+
+
+def test_fetch_blocked_host_gets_few_requests(server, tmp_path):
+    rows = [(server.url(f"/status/403?n={i}"), "fashion") for i in range(120)]
+    write_products(tmp_path / "products.parquet", rows)
+    http = replace(LOCAL_HTTP, concurrency=8, per_host=8, blocked_host_threshold=10)
+    before = len(server.requests)
+
+    stats = run_fetch(options_for(tmp_path, http=http))
+
+    assert len(server.requests) - before <= 10 + 8
+    assert stats["status_counts"]["blocked"] >= 120 - 18
+
+
+def test_fetch_relabel_and_new_settings_fetch_again(server, tmp_path):
+    url = server.url("/img/p46.jpg")
+    write_products(tmp_path / "products.parquet", [(url, "fashion")])
+    run_fetch(options_for(tmp_path))
+
+    write_products(tmp_path / "products.parquet", [(url, "stores")])
+    moved = run_fetch(options_for(tmp_path))
+    resized = run_fetch(options_for(tmp_path, image=ImageCheckConfig(image_size=48)))
+    row = manifest_frame(tmp_path).loc[key_of(url)]
+
+    assert moved["run"]["urls"] == 1
+    assert resized["run"]["urls"] == 1
+    assert row["path"] == f"images/stores/{key_of(url)}.jpg"
+    assert not (tmp_path / "images" / "fashion" / f"{key_of(url)}.jpg").exists()
+    assert max(row["width"], row["height"]) == 48
+
+
+def test_fetch_input_rows_checked(server, tmp_path):
+    good = normalise_url(server.url("/img/p47.jpg"))
+    secret = f"http://alice:Secret123@127.0.0.1:{server.port}/img/p48.jpg"
+    table = pa.table(
+        {
+            "key": [url_key(good), url_key(secret), "0123456789abcdef", url_key(good) + "\n"],
+            "image_url": [good, secret, good.replace("p47", "p49"), good],
+            "label": ["fashion", "fashion", "fashion", "fashion\n"],
+        }
+    )
+    pq.write_table(table, tmp_path / "products.parquet")
+
+    run_fetch(options_for(tmp_path))
+    manifest = pd.read_parquet(tmp_path / "manifest.parquet")
+
+    assert manifest["status"].tolist().count("invalid_input") == 3
+    assert manifest["status"].tolist().count("ok") == 1
+    assert "Secret123" not in manifest.to_csv()
+    assert not list((tmp_path / "images").glob("*\n*"))
+
+
+def test_fetch_unwritable_images_folder_exits_cleanly(server, tmp_path, caplog):
+    write_products(tmp_path / "products.parquet", [(server.url("/img/p50.jpg"), "fashion")])
+    (tmp_path / "images").write_text("a file where the images folder should be")
+
+    code = fetch.main(
+        ["--processed-dir", str(tmp_path), "--allow-network", "127.0.0.1/32", "--max-attempts", "1"]
+    )
+
+    assert code == 1
+    assert "cannot write" in caplog.text
+    assert "PROCESSED_DIR" in caplog.text
+
+
+def test_fetch_logs_progress_without_terminal(server, tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(fetch, "LOG_EVERY_SECONDS", 0.0)
+    caplog.set_level("INFO")
+    write_products(tmp_path / "products.parquet", [(server.url("/img/p51.jpg"), "fashion")])
+
+    run_fetch(options_for(tmp_path))
+
+    assert "fetch: 1/1 URLs (100.0%)" in caplog.text
+
+
+def test_clean_header_and_retry_after_odd_values():
+    assert httpclient.clean_header("image/jpeg\udcff") == "image/jpeg\ufffd"
+    assert httpclient.parse_retry_after("\u00b2") is None
+    assert httpclient.parse_retry_after("1" * 400) is None

@@ -72,6 +72,9 @@ def test_normalise_url_canonical_form(raw, expected):
         ("http://exa mple.com/a.jpg", INVALID_URL),
         ("http://example.com/a\nb.jpg", INVALID_URL),
         ("https://example.com/" + "a" * 3000, INVALID_URL),
+        ("http://127.1/a.jpg", INVALID_URL),
+        ("http://2130706433/a.jpg", INVALID_URL),
+        ("http://0x7f000001/a.jpg", INVALID_URL),
     ],
 )
 def test_normalise_url_drop_reason(raw, reason):

@@ -813,10 +813,10 @@ def run_extract(source_dir: Path, out_dir: Path, *, strict: bool = False) -> dic
     write_stats(out_dir, STAGE, stats)
     _write_rejects(out_dir, results)
     logger.info(
-        "extract: done in %.1f s: %d files (%d unchanged, %d failed), %d rows read, "
+        "extract: done in %.1f s: %d files extracted, %d unchanged, %d failed; %d rows read, "
         "%d rows kept, %d rows rejected",
         stats["seconds"],
-        stats["files_extracted"] + stats["files_unchanged"],
+        stats["files_extracted"],
         stats["files_unchanged"],
         len(failed),
         stats["rows_read"],

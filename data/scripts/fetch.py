@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -40,6 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
+from yarl import URL
 
 from data.scripts import httpclient
 from data.scripts.common import (
@@ -49,7 +53,13 @@ from data.scripts.common import (
     setup_logging,
     write_stats,
 )
-from data.scripts.httpclient import HostLimiter, HttpConfig, fetch_url, make_session
+from data.scripts.httpclient import (
+    HostLimiter,
+    HttpConfig,
+    clean_header,
+    fetch_url,
+    make_session,
+)
 from data.scripts.images import RESIZE_MODES, ImageCheckConfig, ImageRejected, process_image
 from data.scripts.manifest import (
     DUPLICATE,
@@ -61,8 +71,10 @@ from data.scripts.manifest import (
     read_manifest,
     shard_matches,
 )
+from data.scripts.merge import url_key
 from data.scripts.netguard import AddressGuard
 from data.scripts.text import SAFE_NAME_RE
+from data.scripts.urls import InvalidURL, normalise_url, redact_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +84,9 @@ TRANSIENT_STATUSES = frozenset(
     {httpclient.TIMEOUT, httpclient.CONNECTION_ERROR, httpclient.BLOCKED}
 )
 MAX_ERROR_MESSAGES = 20
+INTERNAL_ERROR = "internal_error"
+LOG_EVERY_SECONDS = 30.0
+_LONG_NUMBER_RE = re.compile(r"\d{4,}")
 
 
 @dataclass(frozen=True)
@@ -122,20 +137,48 @@ def is_transient(row: dict[str, Any]) -> bool:
 # ---- input ----
 
 
-def done_keys(manifest: pa.Table) -> set[str]:
-    """Keys with a final status: the ones a rerun does not fetch again."""
-    done = set()
-    for row in manifest.select(["key", "status", "http_status"]).to_pylist():
-        if not is_transient(row):
-            done.add(row["key"])
-    return done
+def image_settings(config: ImageCheckConfig) -> str:
+    """Describe the image settings a stored file was made with, for the manifest."""
+    return (
+        f"size={config.image_size or 'none'};mode={config.resize_mode};"
+        f"quality={config.jpeg_quality};min_side={config.min_side};"
+        f"max_aspect={config.max_aspect_ratio};max_pixels={config.max_pixels}"
+    )
+
+
+def done_rows(manifest: pa.Table, settings: str) -> dict[str, str]:
+    """Return ``{key: label}`` of the rows a rerun does not fetch again.
+
+    A row is done when its status is final and it was made with the same image settings;
+    the caller also compares the label, so a relabelled image is stored again.
+    """
+    if manifest.num_rows == 0:
+        return {}
+    transient = pc.is_in(manifest.column("status"), pa.array(sorted(TRANSIENT_STATUSES)))
+    retryable_http = pc.and_(
+        pc.equal(manifest.column("status"), httpclient.HTTP_ERROR),
+        pc.is_in(manifest.column("http_status"), pa.array(sorted(httpclient.RETRYABLE_STATUSES))),
+    )
+    same_settings = pc.equal(manifest.column("image_settings"), settings)
+    keep = pc.and_(
+        pc.invert(pc.or_(pc.fill_null(transient, False), pc.fill_null(retryable_http, False))),
+        pc.fill_null(same_settings, False),
+    )
+    done = manifest.filter(keep)
+    return dict(zip(done.column("key").to_pylist(), done.column("label").to_pylist()))
 
 
 def check_input(path: Path) -> pq.ParquetFile:
     """Open the input table; raise FileNotFoundError or ValueError naming the fix."""
     if not path.is_file():
         raise FileNotFoundError(f"{str(path)!r} not found; run 'make prepare' first")
-    parquet = pq.ParquetFile(path)
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ValueError(
+            f"{str(path)!r} is not a Parquet table ({exc}); pass the products.parquet "
+            "written by 'make relabel'"
+        ) from exc
     missing = [c for c in INPUT_COLUMNS if c not in parquet.schema_arrow.names]
     if missing:
         raise ValueError(
@@ -144,29 +187,50 @@ def check_input(path: Path) -> pq.ParquetFile:
     return parquet
 
 
+def _wanted(key: Any, label: Any, done: dict[str, str], options: FetchOptions) -> bool:
+    if isinstance(key, str) and done.get(key, None) == label and key in done:
+        return False
+    return not (
+        isinstance(key, str) and KEY_RE.fullmatch(key) and not shard_matches(key, options.shard)
+    )
+
+
 def iter_work(
-    parquet: pq.ParquetFile, skip: set[str], options: FetchOptions
+    parquet: pq.ParquetFile, done: dict[str, str], options: FetchOptions
 ) -> Iterator[dict[str, Any]]:
-    """Yield input rows of this shard that are not done, reading ``chunk_rows`` at a time."""
+    """Yield input rows of this shard that are not done, reading ``chunk_rows`` at a time.
+
+    A key seen twice in the input is fetched once; the repeats are counted and logged.
+    """
     produced = 0
+    seen: set[str] = set()
+    repeated = 0
     for batch in parquet.iter_batches(batch_size=options.chunk_rows, columns=INPUT_COLUMNS):
         for row in batch.to_pylist():
-            key = row["key"] or ""
-            if key in skip or (KEY_RE.match(key) and not shard_matches(key, options.shard)):
+            if not _wanted(row["key"], row["label"], done, options):
+                continue
+            if row["key"] in seen:
+                repeated += 1
                 continue
             if options.limit is not None and produced >= options.limit:
                 return
+            seen.add(row["key"])
             produced += 1
             yield row
+    if repeated:
+        logger.warning("fetch: skipped %d input rows whose key appeared before", repeated)
 
 
-def count_work(parquet: pq.ParquetFile, skip: set[str], options: FetchOptions) -> int:
-    keys = parquet.read(columns=["key"]).column("key").to_pylist()
-    total = sum(
-        1
-        for key in keys
-        if key not in skip
-        and not (KEY_RE.match(key or "") and not shard_matches(key, options.shard))
+def count_work(parquet: pq.ParquetFile, done: dict[str, str], options: FetchOptions) -> int:
+    table = parquet.read(columns=["key", "label"])
+    total = len(
+        {
+            key
+            for key, label in zip(
+                table.column("key").to_pylist(), table.column("label").to_pylist()
+            )
+            if _wanted(key, label, done, options)
+        }
     )
     return total if options.limit is None else min(total, options.limit)
 
@@ -217,24 +281,48 @@ def _check_body(body: bytes, config: ImageCheckConfig) -> tuple[Any, str]:
 # ---- one URL ----
 
 
-def _base_row(row: dict[str, Any]) -> dict[str, Any]:
+def _storable(text: str | None, limit: int = 2048) -> str | None:
+    """Return ``text`` as valid UTF-8 of at most ``limit`` characters."""
+    if text is None:
+        return None
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:limit]
+
+
+def _base_row(row: dict[str, Any], settings: str) -> dict[str, Any]:
+    """Start a manifest row; values from the input are made safe to store."""
+    url = row["image_url"] if isinstance(row["image_url"], str) else None
     return {
-        "key": row["key"],
-        "url": row["image_url"],
-        "label": row["label"],
+        "key": str(row["key"])[:64],
+        "url": (
+            clean_header(redact_credentials(url))
+            if url and len(url) > 2048
+            else redact_credentials(url)
+        ),
+        "label": str(row["label"])[:64],
         "status": None,
         "attempts": 0,
+        "image_settings": settings,
         "fetched_at": datetime.now(timezone.utc),
     }
 
 
 def _input_problem(row: dict[str, Any]) -> str | None:
-    if not KEY_RE.match(row["key"] or ""):
-        return f"key {row['key']!r} is not 16 hex digits; rebuild the table with 'make merge'"
-    if not SAFE_NAME_RE.match(row["label"] or ""):
-        return f"label {row['label']!r} is not a safe folder name; rebuild with 'make relabel'"
-    if not (row["image_url"] or "").startswith(("http://", "https://")):
-        return f"URL {row['image_url']!r} is not http(s); rebuild the table with 'make merge'"
+    """Return why an input row cannot be fetched, or None; the checks are cheap."""
+    key, label, url = row["key"], row["label"], row["image_url"]
+    if not isinstance(url, str) or not url:
+        return "the URL is missing; rebuild the table with 'make merge'"
+    try:
+        canonical = normalise_url(url)
+    except InvalidURL as exc:
+        return f"{exc}; rebuild the table with 'make merge'"
+    if canonical != url:
+        return "the URL is not in canonical form; rebuild the table with 'make merge'"
+    if not isinstance(key, str) or not KEY_RE.fullmatch(key):
+        return f"key {key!r} is not 16 hex digits; rebuild the table with 'make merge'"
+    if key != url_key(url):
+        return f"key {key!r} does not belong to this URL; rebuild the table with 'make merge'"
+    if not isinstance(label, str) or not SAFE_NAME_RE.fullmatch(label):
+        return f"label {label!r} is not a safe folder name; rebuild with 'make relabel'"
     return None
 
 
@@ -250,10 +338,11 @@ class Fetcher:
         )
         self.limiter = HostLimiter(options.http.per_host, options.http.blocked_host_threshold)
         self.bytes_downloaded = 0
+        self.settings = image_settings(options.image)
 
     async def handle(self, session: Any, row: dict[str, Any]) -> dict[str, Any]:
         """Return the manifest row for one input row; never raises for a bad URL or image."""
-        record = _base_row(row)
+        record = _base_row(row, self.settings)
         problem = _input_problem(row)
         if problem:
             record.update(status=httpclient.INVALID_INPUT, error=problem)
@@ -312,6 +401,126 @@ class Fetcher:
 # ---- the run ----
 
 
+def error_pattern(message: str) -> str:
+    """Group error messages for the stats: long numbers (sizes, ports) become N."""
+    return _LONG_NUMBER_RE.sub("N", message)[:200]
+
+
+async def _handle_safely(fetcher: Fetcher, session: Any, row: dict[str, Any]) -> dict[str, Any]:
+    """Run ``Fetcher.handle``; an unexpected error becomes this URL's status, not a crash.
+
+    OSError (a full disk, a folder without write permission) still stops the run,
+    because no later URL could be stored either.
+    """
+    try:
+        record = await fetcher.handle(session, row)
+        record["fetched_at"] = datetime.now(timezone.utc)  # when the URL was finished
+        return record
+    except (OSError, asyncio.CancelledError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - one URL must not end a run of 400,000
+        logger.exception("fetch: unexpected error for key %r", row.get("key"))
+        record = _base_row(row, fetcher.settings)
+        record.update(status=INTERNAL_ERROR, error=f"{type(exc).__name__}: {exc}"[:300])
+        return record
+
+
+class HeldHostScheduler:
+    """Puts aside URLs of a host that asked to wait (Retry-After) while other hosts go on.
+
+    Without it every worker that picks such a URL would sleep until the host's delay
+    ends, and URLs of other hosts would wait behind them. A URL is put aside at most
+    once, and only while the input still has rows to give, so every URL is done before
+    the workers stop.
+    """
+
+    def __init__(self, limiter: HostLimiter, queue: asyncio.Queue) -> None:
+        self.limiter = limiter
+        self.queue = queue
+        self.held: list[tuple[float, dict[str, Any]]] = []
+        self.input_done = False
+        self._task: asyncio.Task | None = None
+
+    def defer(self, row: dict[str, Any]) -> bool:
+        """Return True when ``row`` was put aside for later."""
+        if self.input_done or row.get("_deferred"):
+            return False
+        host = _host_of(row.get("image_url"))
+        if host is None or host not in self.limiter.hosts:
+            return False
+        ready_at = self.limiter.hosts[host].not_before
+        if ready_at <= time.monotonic():
+            return False
+        row["_deferred"] = True
+        self.held.append((ready_at, row))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._release())
+        return True
+
+    async def _release(self) -> None:
+        while self.held:
+            self.held.sort(key=lambda item: item[0])
+            wait = self.held[0][0] - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(min(wait, 0.5))
+                continue
+            _, row = self.held.pop(0)
+            await self.queue.put(row)
+
+    async def drain(self) -> None:
+        """Stop putting rows aside and wait until every held row is back in the queue."""
+        self.input_done = True
+        while self.held or (self._task is not None and not self._task.done()):
+            await asyncio.sleep(0.05)
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+def _host_of(url: Any) -> str | None:
+    try:
+        return URL(url, encoded=True).host if isinstance(url, str) else None
+    except ValueError:
+        return None
+
+
+class Progress:
+    """A tqdm bar on a terminal; without one, a log line every ``LOG_EVERY_SECONDS``."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self.started = time.monotonic()
+        self.last_log = self.started
+        self.bar = tqdm(total=total, desc="fetch", unit="img", disable=None, smoothing=0.05)
+
+    def update(self, ok: int) -> None:
+        self.done += 1
+        if not self.bar.disable:
+            self.bar.update(1)
+            if self.done % 50 == 0 or self.done == self.total:
+                self.bar.set_postfix(ok=f"{ok / self.done:.0%}", refresh=False)
+            return
+        now = time.monotonic()
+        if now - self.last_log >= LOG_EVERY_SECONDS or self.done == self.total:
+            self.last_log = now
+            rate = self.done / max(now - self.started, 1e-9)
+            remaining = (self.total - self.done) / rate if rate else float("inf")
+            logger.info(
+                "fetch: %d/%d URLs (%.1f%%), %.1f/s, %.0f%% ok, about %.0f min left",
+                self.done,
+                self.total,
+                100 * self.done / max(self.total, 1),
+                rate,
+                100 * ok / self.done,
+                remaining / 60,
+            )
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 @dataclass
 class RunCounts:
     statuses: Counter[str] = field(default_factory=Counter)
@@ -337,25 +546,26 @@ async def _run_async(
     queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(
         maxsize=2 * options.http.concurrency
     )
-    progress = tqdm(total=total, desc="fetch", unit="img", disable=None, smoothing=0.05)
+    progress = Progress(total)
+    scheduler = HeldHostScheduler(fetcher.limiter, queue)
 
     async def produce() -> None:
         for row in rows:
             await queue.put(row)
+        await scheduler.drain()
         for _ in range(options.http.concurrency):
             await queue.put(None)
 
     async def work(session: Any) -> None:
         while (row := await queue.get()) is not None:
-            record = await fetcher.handle(session, row)
+            if scheduler.defer(row):
+                continue
+            record = await _handle_safely(fetcher, session, row)
             writer.add(record)
             counts.statuses[record["status"]] += 1
             if record.get("error"):
-                counts.errors[record["error"][:200]] += 1
-            progress.update(1)
-            if progress.n % 50 == 0 or progress.n == total:
-                ok_share = counts.statuses[OK] / max(progress.n, 1)
-                progress.set_postfix(ok=f"{ok_share:.0%}", refresh=False)
+                counts.errors[error_pattern(record["error"])] += 1
+            progress.update(counts.statuses[OK])
 
     try:
         async with make_session(options.http, fetcher.guard) as session:
@@ -375,6 +585,7 @@ async def _run_async(
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+        scheduler.close()
         progress.close()
     return counts, fetcher
 
@@ -389,29 +600,74 @@ def run_fetch(options: FetchOptions) -> dict[str, Any]:
     options.image.validate()
     parquet = check_input(options.input_path)
 
+    with run_lock(options.manifest_path):
+        return _run_locked(options, parquet)
+
+
+@contextlib.contextmanager
+def run_lock(manifest_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the manifest, so two runs never share an output folder.
+
+    Raises RuntimeError naming the other process when the lock is taken. The lock is
+    released when the process ends, even by SIGKILL.
+    """
+    manifest_path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = manifest_path.with_name(manifest_path.name + ".lock")
+    with open(lock_path, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            raise RuntimeError(
+                f"another fetch (process {owner}) is writing {manifest_path}; wait for it to "
+                "finish, or give this run another PROCESSED_DIR or SHARD"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+
+
+def _run_locked(options: FetchOptions, parquet: pq.ParquetFile) -> dict[str, Any]:
     started = time.monotonic()
+    _remove_leftovers(options.manifest_path)
     manifest = read_manifest(options.manifest_path)
-    skip = done_keys(manifest)
-    total = count_work(parquet, skip, options)
+    settings = image_settings(options.image)
+    done = done_rows(manifest, settings)
+    total = count_work(parquet, done, options)
     logger.info(
         "fetch: %d URLs to fetch from %s (%d already done), concurrency %d, %d per host%s",
         total,
         options.input_path,
-        len(skip),
+        len(done),
         options.http.concurrency,
         options.http.per_host,
         f", shard {options.shard[0]}/{options.shard[1]}" if options.shard else "",
     )
+    if manifest.num_rows > len(done):
+        logger.info(
+            "fetch: %d manifest rows are fetched again (passing failure, new label or new "
+            "image settings)",
+            manifest.num_rows - len(done),
+        )
 
-    store = ImageStore(options.processed_dir, manifest)
+    store = ImageStore(
+        options.processed_dir,
+        manifest.filter(pc.is_in(manifest.column("key"), pa.array(list(done), pa.string()))),
+    )
     writer = ManifestWriter(options.manifest_path, flush_rows=options.manifest_flush_rows)
     with ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="image") as pool:
         try:
             counts, fetcher = asyncio.run(
-                _run_async(options, iter_work(parquet, skip, options), total, store, writer, pool)
+                _run_async(options, iter_work(parquet, done, options), total, store, writer, pool)
             )
         finally:
-            writer.flush()
+            try:
+                writer.flush()
+            except OSError as exc:
+                logger.error("fetch: could not save the last manifest rows: %s", exc)
 
     seconds = time.monotonic() - started
     if counts.interrupted:
@@ -436,6 +692,12 @@ def run_fetch(options: FetchOptions) -> dict[str, Any]:
         stats["status_counts"].get(OK, 0),
     )
     return stats
+
+
+def _remove_leftovers(manifest_path: Path) -> None:
+    """Remove temporary files a killed run left beside the manifest."""
+    for leftover in manifest_path.parent.glob(f".{manifest_path.name}.*.tmp"):
+        leftover.unlink(missing_ok=True)
 
 
 def _shard_stage(options: FetchOptions) -> str:
@@ -501,6 +763,15 @@ def merge_shard_manifests(processed: Path) -> dict[str, Any]:
             f"no manifest-shard-*-of-*.parquet in {str(processed)!r}; copy each shard's "
             "manifest and images/ into this folder first"
         )
+    counts = {int(p.stem.rsplit("-of-", 1)[1]) for p in shard_files}
+    if len(counts) > 1:
+        raise ValueError(
+            f"{str(processed)!r} has shard manifests of runs split {sorted(counts)} ways: "
+            f"{[p.name for p in shard_files]}; remove the ones of the old split and run again"
+        )
+    missing = sorted(set(range(counts.pop())) - {_shard_index(p) for p in shard_files})
+    if missing:
+        logger.warning("merging without the manifests of shard(s) %s", missing)
     target = processed / "manifest.parquet"
     tables = [read_manifest(path) for path in shard_files]
     if target.exists():
@@ -517,6 +788,10 @@ def merge_shard_manifests(processed: Path) -> dict[str, Any]:
         ", ".join(f"{k}={v}" for k, v in sorted(status_counts.items())),
     )
     return {"shards": [p.name for p in shard_files], "rows": final.num_rows, **compaction}
+
+
+def _shard_index(path: Path) -> int:
+    return int(path.stem.removeprefix("manifest-shard-").split("-of-")[0])
 
 
 # ---- command line ----
@@ -743,9 +1018,17 @@ def main(argv: list[str] | None = None) -> int:
             merge_shard_manifests(args.processed_dir)
             return 0
         run_fetch(options_from_args(args))
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
         logger.error("%s", exc)
         return 2
+    except OSError as exc:
+        logger.error(
+            "fetch: cannot write %s (%s); check the free space and permissions of "
+            "PROCESSED_DIR, then run again: finished URLs are kept",
+            exc.filename or args.processed_dir,
+            exc.strerror or exc,
+        )
+        return 1
     except KeyboardInterrupt:
         return 130
     return 0

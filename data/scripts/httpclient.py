@@ -28,7 +28,9 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import math
 import random
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -39,7 +41,7 @@ import aiohttp
 from yarl import URL
 
 from data.scripts.netguard import AddressGuard, AddressRefused, GuardedResolver, refused_reason
-from data.scripts.urls import InvalidURL, normalise_url
+from data.scripts.urls import InvalidURL, normalise_url, redact_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +51,8 @@ REFUSAL_STATUSES = frozenset({403, 429, 503})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 ROBOTS_DIRECTIVES = frozenset({"noai", "noimageai"})
 READ_CHUNK_BYTES = 64 << 10
+_DELTA_SECONDS_RE = re.compile(r"[0-9]{1,12}")  # ASCII digits only: "²".isdigit() is True
+MAX_HEADER_CHARS = 200
 
 # Outcomes of one URL; the fetch stage adds the image checks' outcomes to these.
 OK = "ok"
@@ -97,8 +101,8 @@ class HttpConfig:
             "blocked_host_threshold": self.blocked_host_threshold,
         }
         for name, value in positive.items():
-            if not value > 0:
-                raise ValueError(f"{name} must be greater than 0, received {value!r}")
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a number greater than 0, received {value!r}")
         non_negative = {
             "backoff_base": self.backoff_base,
             "backoff_max": self.backoff_max,
@@ -107,8 +111,8 @@ class HttpConfig:
             "dns_cache_seconds": self.dns_cache_seconds,
         }
         for name, value in non_negative.items():
-            if value < 0:
-                raise ValueError(f"{name} must be 0 or more, received {value!r}")
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a number, 0 or more, received {value!r}")
         AddressGuard(self.allow_private_addresses, self.allowed_networks)  # checks the CIDRs
         if not self.user_agent.strip() or any(c in self.user_agent for c in "\r\n"):
             raise ValueError(f"user_agent must be one non-empty line, received {self.user_agent!r}")
@@ -169,6 +173,9 @@ class HostLimiter:
         if ok:
             state.successes += 1
             state.consecutive_refusals = 0
+            if state.blocked_reason is not None:
+                logger.info("host %s answered with success again; it is no longer blocked", host)
+                state.blocked_reason = None
         elif http_status in REFUSAL_STATUSES:
             state.consecutive_refusals += 1
             if (
@@ -186,6 +193,18 @@ class HostLimiter:
         return {h: s.blocked_reason for h, s in self.hosts.items() if s.blocked_reason}
 
 
+def clean_header(value: str | None) -> str | None:
+    """Return a header value safe to store: valid UTF-8, at most ``MAX_HEADER_CHARS``.
+
+    aiohttp decodes header bytes that are not UTF-8 as surrogates, which Parquet and
+    JSON writers reject.
+    """
+    if value is None:
+        return None
+    text = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return text[:MAX_HEADER_CHARS]
+
+
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
     """Return the delay a ``Retry-After`` header asks for, in seconds, or None.
 
@@ -194,11 +213,11 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if _DELTA_SECONDS_RE.fullmatch(value):
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
@@ -324,10 +343,10 @@ async def _attempt(
                 raise _Final(HTTP_ERROR, f"HTTP {response.status}", response.status)
             result.http_status = response.status
             result.final_url = current
-            result.content_type = response.headers.get("Content-Type")
+            result.content_type = clean_header(response.headers.get("Content-Type"))
             result.content_length = response.content_length
-            result.content_range = response.headers.get("Content-Range")
-            robots = response.headers.getall("X-Robots-Tag", [])
+            result.content_range = clean_header(response.headers.get("Content-Range"))
+            robots = [clean_header(v) or "" for v in response.headers.getall("X-Robots-Tag", [])]
             if config.respect_robots_tag and robots_forbids(robots, config.user_agent):
                 raise _Final(
                     ROBOTS_DISALLOWED,
@@ -348,8 +367,9 @@ def _next_hop(current: str, response: aiohttp.ClientResponse) -> str:
         joined = URL(current, encoded=True).join(URL(location.strip()))
         return normalise_url(str(joined))
     except (InvalidURL, ValueError) as exc:
+        shown = redact_credentials(clean_header(location))
         raise _Final(
-            HTTP_ERROR, f"redirect to an unusable URL {location[:200]!r}: {exc}", response.status
+            HTTP_ERROR, f"redirect to an unusable URL {shown!r}: {exc}", response.status
         ) from exc
 
 
@@ -371,7 +391,11 @@ async def fetch_url(
     time waiting for a slot or for a backoff delay.
     """
     result = FetchResult(status=OK, url=url)
-    host = URL(url, encoded=True).host or ""
+    try:
+        host = URL(url, encoded=True).host or ""
+    except ValueError as exc:
+        result.status, result.error = INVALID_INPUT, f"URL cannot be parsed: {exc}"
+        return result
     for attempt in range(1, config.max_attempts + 1):
         state = limiter.state(host)
         if state.blocked_reason:
@@ -381,6 +405,10 @@ async def fetch_url(
         result.status, result.error = OK, None
         retry: _Retry | None = None
         async with limiter.slot(host) as state:
+            if state.blocked_reason:  # blocked while this request waited for its slot
+                result.status, result.error = BLOCKED, state.blocked_reason
+                result.attempts = attempt - 1
+                return result
             started = time.monotonic()
             try:
                 async with asyncio.timeout(config.request_timeout):

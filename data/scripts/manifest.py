@@ -57,6 +57,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("path", pa.string()),
         ("duplicate_of", pa.string()),
         ("elapsed_ms", pa.float64()),
+        ("image_settings", pa.string()),
         ("fetched_at", pa.timestamp("ms", tz="UTC")),
     ]
 )
@@ -117,13 +118,21 @@ def read_manifest(manifest_path: Path) -> pa.Table:
     parts_dir = manifest_path.with_name(manifest_path.stem + ".parts")
     tables = []
     if manifest_path.exists():
-        tables.append(pq.read_table(manifest_path).select(COLUMNS).cast(MANIFEST_SCHEMA))
+        tables.append(_conform(pq.read_table(manifest_path)))
     if parts_dir.is_dir():
         for part in sorted(parts_dir.glob("part-*.parquet")):
-            tables.append(pq.read_table(part).select(COLUMNS).cast(MANIFEST_SCHEMA))
+            tables.append(_conform(pq.read_table(part)))
     if not tables:
         return MANIFEST_SCHEMA.empty_table()
     return _newest_per_key(pa.concat_tables(tables))
+
+
+def _conform(table: pa.Table) -> pa.Table:
+    """Give a manifest written by an older version the current columns (missing as null)."""
+    for field in MANIFEST_SCHEMA:
+        if field.name not in table.column_names:
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table.select(COLUMNS).cast(MANIFEST_SCHEMA)
 
 
 def _newest_per_key(table: pa.Table) -> pa.Table:
@@ -143,27 +152,32 @@ def settle_duplicates(table: pa.Table, processed_dir: Path) -> tuple[pa.Table, l
     """Give each set of identical bodies to its smallest key; move files to match.
 
     Returns the updated table and the groups whose identical images carry more than one
-    label (reported, since the same photo under two labels is label noise).
+    label (reported, since the same photo under two labels is label noise). Only rows
+    whose body occurs more than once become Python objects, so memory stays small.
     """
     stored = pc.is_in(table.column("status"), pa.array([OK, DUPLICATE]))
-    candidates = table.filter(pc.and_(stored, pc.is_valid(table.column("sha256"))))
-    if candidates.num_rows == 0:
+    candidates = pc.and_(stored, pc.is_valid(table.column("sha256")))
+    hashes = pc.if_else(candidates, table.column("sha256"), pa.scalar(None, pa.string()))
+    counts = pc.value_counts(hashes.drop_null() if hasattr(hashes, "drop_null") else hashes)
+    repeated = [row["values"] for row in counts.to_pylist() if row["counts"] > 1]
+    if not repeated:
         return table, []
-    rows = table.to_pylist()
-    index_of = {row["key"]: i for i, row in enumerate(rows)}
-    groups: dict[str, list[str]] = {}
-    for key, sha in zip(
-        candidates.column("key").to_pylist(), candidates.column("sha256").to_pylist()
-    ):
-        groups.setdefault(sha, []).append(key)
+    positions = pc.indices_nonzero(
+        pc.fill_null(pc.is_in(hashes, pa.array(repeated, pa.string())), False)
+    ).to_pylist()
+    rows = table.take(pa.array(positions, pa.int64())).to_pylist()
 
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["sha256"], []).append(row)
     label_conflicts = []
-    for sha, keys in groups.items():
-        members = [rows[index_of[k]] for k in sorted(keys)]
+    for sha, members in groups.items():
+        members.sort(key=lambda row: row["key"])
         owners = [row for row in members if row["status"] == OK and row["path"]]
         labels = sorted({row["label"] for row in members})
-        if len(members) > 1 and len(labels) > 1:
-            label_conflicts.append({"sha256": sha, "keys": sorted(keys), "labels": labels})
+        if len(labels) > 1:
+            keys = [row["key"] for row in members]
+            label_conflicts.append({"sha256": sha, "keys": keys, "labels": labels})
         if not owners:
             continue
         canonical = members[0]
@@ -174,7 +188,11 @@ def settle_duplicates(table: pa.Table, processed_dir: Path) -> tuple[pa.Table, l
             if any(row is other for other in owners) and row is not owner:
                 _remove_image(processed_dir, row)  # a second copy, e.g. from another shard
             row.update(status=DUPLICATE, duplicate_of=canonical["key"], path=None)
-    return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), label_conflicts
+
+    updated = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+    keep = pc.invert(pc.is_in(pa.array(range(table.num_rows), pa.int64()), pa.array(positions)))
+    merged = pa.concat_tables([table.filter(keep), updated])
+    return merged.take(pc.sort_indices(merged, [("key", "ascending")])), label_conflicts
 
 
 def _move_image(processed_dir: Path, owner: dict, canonical: dict) -> None:

@@ -82,7 +82,8 @@ class AddressGuard:
         if not self.allows(address):
             raise AddressRefused(
                 f"host {host!r} resolves to {address}, a private, loopback, link-local or "
-                "multicast address; pass ALLOW_PRIVATE_ADDRESSES=1 to allow it"
+                "multicast address; allow its network with --allow-network CIDR, or all such "
+                "addresses with ALLOW_PRIVATE_ADDRESSES=1"
             )
 
     def check_url(self, url: URL) -> None:
@@ -111,7 +112,8 @@ class GuardedResolver(AbstractResolver):
             addresses = ", ".join(sorted({r["host"] for r in results}))
             raise AddressRefused(
                 f"host {host!r} resolves only to non-public addresses ({addresses}); "
-                "pass ALLOW_PRIVATE_ADDRESSES=1 to allow them"
+                "allow their network with --allow-network CIDR, or all such addresses with "
+                "ALLOW_PRIVATE_ADDRESSES=1"
             )
         if len(allowed) < len(results):
             logger.debug("dropped non-public addresses of %s", host)

@@ -16,6 +16,7 @@ encoded, so nothing re-quotes it on the way out). Rules, after RFC 3986 section 
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from urllib.parse import urlsplit
 
@@ -40,6 +41,7 @@ _QUERY_SAFE = _PATH_SAFE | frozenset("?")
 _HEX = frozenset("0123456789abcdefABCDEF")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _CREDENTIALS_RE = re.compile(r"^(\s*[A-Za-z][A-Za-z0-9+.-]*://)[^/?#@]*@")
+_NUMERIC_HOST_RE = re.compile(r"^(?:0x[0-9a-f]+|[0-9.]+)$")
 _HOST_RE = re.compile(
     r"^[a-z0-9](?:[a-z0-9_-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9_-]*[a-z0-9])?)*\.?$"
 )
@@ -91,7 +93,18 @@ def _encode_host(host: str) -> str:
             raise InvalidURL(INVALID_URL, f"host {host!r} is not a valid domain name: {exc}")
     if not _HOST_RE.match(ascii_host):
         raise InvalidURL(INVALID_URL, f"host {host!r} is not a valid domain name")
+    if _NUMERIC_HOST_RE.match(ascii_host) and not _is_canonical_ipv4(ascii_host):
+        # "127.1", "2130706433" or "0x7f000001" would reach an address that no one reading
+        # the URL expects; HTTP clients such as aiohttp reject them too.
+        raise InvalidURL(INVALID_URL, f"host {host!r} is not a canonical IPv4 address")
     return ascii_host
+
+
+def _is_canonical_ipv4(host: str) -> bool:
+    try:
+        return str(ipaddress.IPv4Address(host)) == host
+    except ValueError:
+        return False
 
 
 def normalise_url(raw: str | None) -> str:

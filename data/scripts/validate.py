@@ -117,7 +117,7 @@ async def _survey(rows: list[dict[str, Any]], config: HttpConfig) -> list[dict[s
             "method": method,
             "status": result.status,
             "http_status": result.http_status,
-            "content_type": (result.content_type or "").split(";")[0].strip().lower() or None,
+            "content_type": (result.content_type or "").split(";")[0].strip().lower()[:100] or None,
             "bytes_expected": declared_size(result),
             "error": result.error,
             "elapsed_ms": round(result.elapsed_ms, 1),
@@ -270,11 +270,23 @@ def main(argv: list[str] | None = None) -> int:
         allowed_networks=tuple(args.allow_network),
         respect_robots_tag=False,
     )
+    if args.sample is not None and args.sample < 1:
+        logger.error("--sample must be 1 or more, received %d", args.sample)
+        return 2
+    if args.seed < 0:
+        logger.error("--seed must be 0 or more, received %d", args.seed)
+        return 2
     try:
         run_validate(args.processed_dir, config, sample=args.sample, seed=args.seed)
     except (ValueError, FileNotFoundError) as exc:
         logger.error("%s", exc)
         return 2
+    except OSError as exc:
+        logger.error("validate: cannot write to %s: %s", args.processed_dir, exc)
+        return 1
+    except KeyboardInterrupt:
+        logger.error("validate: interrupted; nothing was written")
+        return 130
     return 0
 
 
