@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python -m bench.bench_fetch [--images 3000] [--rounds 3] [--concurrency 32]
+    .venv/bin/python -m bench.bench_fetch [--images 3000] [--rounds 3] [--concurrency 16 32 64]
     .venv/bin/python -m bench.bench_fetch --quick   # 200 images, 1 round: a smoke test
 
 Steps:
@@ -18,15 +18,18 @@ Steps:
    the manifest must be ``ok``.
 4. **img2dataset.** Its CLI, from its own virtualenv (it pins OpenCV < 5 and
    pandas < 3, which the project's environment does not meet), created on first use
-   in ``--img2dataset-venv``. Settings match ours: longer side 256 (its ``keep_ratio_largest``;
-   its ``keep_ratio`` scales the *shorter* side to 256), INTER_AREA, JPEG quality 90,
-   SHA-256 of each body, no EXIF extraction, ``output_format files``, one process per
-   core. Every URL must count as a success in its ``*_stats.json`` files.
+   in ``--img2dataset-venv``. Settings match ours: longer side 256 (its
+   ``keep_ratio_largest``, because its ``keep_ratio`` scales the *shorter* side to 256),
+   INTER_AREA, JPEG quality 90, SHA-256 of each body, no EXIF extraction, one process
+   per core. With ``output_format files`` it also writes a JSON file per image and a
+   Parquet file per shard, which cannot be turned off. Every URL must count as a
+   success in its ``*_stats.json`` files.
 5. **Bare limit.** In one thread of a fresh process, over the same files: (a) full
    ``cv2.imdecode`` + INTER_AREA resize to a longer side of 256 + ``cv2.imencode`` at
-   quality 90, and (b) our ``process_image`` with the fetch settings. Throughput is
-   taken from the thread's CPU time and multiplied by ``os.cpu_count()``. It leaves
-   out HTTP, hashing and file writes, so no downloader can reach it.
+   quality 90. (b) Our ``process_image`` with the fetch settings. (c) Pipeline (a)
+   plus writing each result to a new file. Throughput is taken from the thread's CPU
+   time and multiplied by ``os.cpu_count()``. (a) and (b) leave out HTTP, the server,
+   hashing and file writes, so no downloader can reach them.
 
 A warm-up run of each downloader comes first and is not counted. Then each round runs
 ours (once per ``--concurrency`` value) and img2dataset, in an order that swaps every
@@ -34,7 +37,9 @@ round, and the bare measurement. Reported numbers are medians over rounds.
 Wall time is end to end, interpreter start-up included. CPU time is user + system of
 the downloader process and its waited-for children (``RUSAGE_CHILDREN`` deltas); the
 server's CPU time is read from ``/proc/<pid>/stat``. The whole machine's busy time
-from ``/proc/stat`` is printed too, so that load from other jobs shows.
+from ``/proc/stat``, less those two, is the load from other processes. Because that
+load slows wall time, the table also gives each downloader's CPU-bound ceiling:
+cores / (its CPU ms + the server's CPU ms per image).
 """
 
 from __future__ import annotations
@@ -67,18 +72,12 @@ from data.scripts.merge import url_key
 logger = logging.getLogger(__name__)
 
 IMAGE_SIZE = 256
-JPEG_QUALITY = 90  # ours by default (ImageCheckConfig.jpeg_quality); img2dataset is set to it
+JPEG_QUALITY = 90  # the default of ImageCheckConfig.jpeg_quality, and img2dataset gets the same
 LABELS = ("books", "kitchen", "shoes", "toys")
 MIN_SIDE, MAX_SIDE = 300, 600  # pixels, drawn uniformly per side
 MIN_BYTES, MAX_BYTES = 20 * 1024, 80 * 1024
 IMG2DATASET_VERSION = "1.47.0"
-# Outside the repository on purpose: flake8 does not read .gitignore, so a virtualenv
-# under the project root would be linted by `make lint`.
-IMG2DATASET_VENV = (
-    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    / "bench_fetch"
-    / "img2dataset-venv"
-)
+IMG2DATASET_VENV = PROJECT_ROOT / "bench" / ".cache" / "img2dataset-venv"  # git-ignored
 SERVER_CPU_SATURATED = 0.9  # CPU seconds per wall second of one server process
 
 SERVER = """
@@ -98,7 +97,7 @@ import numpy as np
 from data.scripts.images import ImageCheckConfig, process_image
 cv2.setNumThreads(1)
 bodies = [p.read_bytes() for p in sorted(Path(sys.argv[1]).glob("*.jpg"))]
-size, quality = int(sys.argv[2]), int(sys.argv[3])
+size, quality, out = int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
 config = ImageCheckConfig(image_size=size, resize_mode="keep-ratio", jpeg_quality=quality)
 
 def cv2_pipeline(body):
@@ -112,8 +111,14 @@ def cv2_pipeline(body):
 def ours(body):
     return process_image(body, config)
 
+def cv2_and_file(body):
+    global written
+    written += 1
+    (out / f"{written:06d}.jpg").write_bytes(cv2_pipeline(body))
+
+written = 0
 result = {}
-for name, function in (("cv2", cv2_pipeline), ("process_image", ours)):
+for name, function in (("cv2", cv2_pipeline), ("process_image", ours), ("cv2_file", cv2_and_file)):
     for body in bodies[:20]:
         function(body)
     started_cpu, started = time.thread_time(), time.perf_counter()
@@ -129,7 +134,7 @@ print(json.dumps(result))
 
 
 def make_photo(seed: int, index: int) -> bytes:
-    """Return one photo-like JPEG of 20-80 KB, the same for the same ``(seed, index)``."""
+    """Return one photo-like JPEG, usually 20-80 KB, the same for the same ``(seed, index)``."""
     rng = np.random.default_rng([seed, index])
     height, width = (int(side) for side in rng.integers(MIN_SIDE, MAX_SIDE + 1, size=2))
 
@@ -182,7 +187,7 @@ def _write_photo(folder: Path, seed: int, index: int) -> int:
 
 
 def make_image_set(folder: Path, count: int, seed: int) -> list[int]:
-    """Write ``count`` JPEGs named ``000000.jpg``... to ``folder``; return their sizes in bytes."""
+    """Write ``count`` JPEGs (``000000.jpg``...) to ``folder`` and return their sizes in bytes."""
     folder.mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
         return list(
@@ -210,7 +215,7 @@ def free_port() -> int:
 
 
 def start_servers(folder: Path, port: int, count: int) -> list[subprocess.Popen]:
-    """Start ``count`` aiohttp processes on 127.0.0.1:``port``; return once all listen."""
+    """Start ``count`` aiohttp processes on 127.0.0.1:``port`` and return once all listen."""
     servers = []
     for _ in range(count):
         server = subprocess.Popen(
@@ -223,7 +228,7 @@ def start_servers(folder: Path, port: int, count: int) -> list[subprocess.Popen]
         line = server.stdout.readline()
         if "Running on" not in line:
             stop_servers(servers)
-            raise RuntimeError(f"image server did not start; it printed {line!r}")
+            raise RuntimeError(f"image server failed to start, and its first output was {line!r}")
     return servers
 
 
@@ -270,7 +275,10 @@ class Run:
 
 
 def timed_run(command: list[str], env: dict[str, str], servers: list[subprocess.Popen]) -> Run:
-    """Run ``command`` to completion; raise CalledProcessError with its output if it fails."""
+    """Run ``command`` and measure it. The caller fills in ``images``.
+
+    Raises CalledProcessError, after printing the end of the command's output, if it fails.
+    """
     server_before = [process_cpu_seconds(s.pid) for s in servers]
     busy_before = machine_busy_seconds()
     usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -307,7 +315,7 @@ def write_products(processed: Path, urls: list[str]) -> None:
 
 
 def run_ours(work: Path, products: Path, concurrency: int, servers: list[subprocess.Popen]) -> Run:
-    """Fetch every URL of ``products`` into a new folder; raise if any row is not ok."""
+    """Fetch every URL of ``products`` into a new folder, and raise if any row is not ok."""
     processed = Path(tempfile.mkdtemp(prefix="ours-", dir=work))
     shutil.copy(products, processed / "products.parquet")
     command = [
@@ -335,7 +343,7 @@ def run_ours(work: Path, products: Path, concurrency: int, servers: list[subproc
 def run_img2dataset(
     work: Path, urls_file: Path, count: int, args: argparse.Namespace, servers: list
 ) -> Run:
-    """Download every URL of ``urls_file`` with img2dataset; raise if any one failed."""
+    """Download every URL of ``urls_file`` with img2dataset, and raise if any one failed."""
     output = Path(tempfile.mkdtemp(prefix="img2dataset-", dir=work)) / "out"
     processes = os.cpu_count() or 1
     command = [
@@ -384,16 +392,15 @@ def ensure_img2dataset(venv: Path) -> None:
     subprocess.run([*pip, f"img2dataset=={IMG2DATASET_VERSION}"], check=True)
 
 
-def measure_bare(images: Path) -> dict[str, dict[str, float]]:
+def measure_bare(work: Path, images: Path) -> dict[str, dict[str, float]]:
+    """Run BARE in a fresh process and return the CPU and wall seconds of each pipeline."""
+    out = Path(tempfile.mkdtemp(prefix="bare-", dir=work))
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    command = [sys.executable, "-c", BARE, str(images), str(IMAGE_SIZE), str(JPEG_QUALITY)]
     completed = subprocess.run(
-        [sys.executable, "-c", BARE, str(images), str(IMAGE_SIZE), str(JPEG_QUALITY)],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
+        [*command, str(out)], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, check=True
     )
+    shutil.rmtree(out)
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
@@ -401,7 +408,7 @@ def measure_bare(images: Path) -> dict[str, dict[str, float]]:
 
 
 def run_rounds(args: argparse.Namespace, work: Path, images: Path, servers: list) -> dict:
-    """Warm up, then alternate the downloaders for ``args.rounds`` rounds; return every run."""
+    """Warm up, then alternate the downloaders for ``args.rounds`` rounds and return every run."""
     port = args.port
     urls = [f"http://127.0.0.1:{port}/img/{i:06d}.jpg" for i in range(args.images)]
     products = work / "products" / "products.parquet"
@@ -428,7 +435,7 @@ def run_rounds(args: argparse.Namespace, work: Path, images: Path, servers: list
             else:
                 runs["img2dataset"].append(run := theirs())
             log_run(round_number, name if concurrency is None else f"ours c={concurrency}", run)
-        runs["bare"].append(measure_bare(images))
+        runs["bare"].append(measure_bare(work, images))
     return runs
 
 
@@ -451,7 +458,7 @@ def log_run(round_number: int, name: str, run: Run) -> None:
 
 
 def median_run(runs: list[Run]) -> dict[str, float]:
-    """Medians of one downloader's runs, with the server's and other jobs' CPU share."""
+    """Medians of one downloader's runs, with the server's and other processes' CPU share."""
     server_share = [sum(r.server_cpu_seconds) / r.wall_seconds for r in runs]
     busiest = [max(r.server_cpu_seconds) / r.wall_seconds for r in runs]
     other = [
@@ -474,7 +481,7 @@ def bare_limits(bare: list[dict]) -> dict[str, dict[str, float]]:
     """Per-core and all-core images/s of each bare pipeline, medians over rounds."""
     cores = os.cpu_count() or 1
     limits = {}
-    for name in ("cv2", "process_image"):
+    for name in ("cv2", "process_image", "cv2_file"):
         per_core = statistics.median(m[name]["images"] / m[name]["cpu_seconds"] for m in bare)
         limits[name] = {"per_core": per_core, "all_cores": per_core * cores}
     return limits
@@ -492,18 +499,24 @@ def print_report(args: argparse.Namespace, sizes: list[int], runs: dict, load: s
         f"{IMG2DATASET_VERSION} with {cores} processes x {args.img2dataset_threads} threads, "
         "keep_ratio_largest, output_format files, extract_exif False.\n"
     )
-    print("| downloader | images/s | CPU ms per image | ours / img2dataset | server cores |")
-    print("| --- | --- | --- | --- | --- |")
+    # The ceiling is what the CPU time allows when the downloader and the server have
+    # every core to themselves, so it does not move with the load from other processes.
     print(
-        f"| img2dataset | {theirs['images_per_second']:.0f} | {theirs['cpu_ms_per_image']:.2f} "
-        f"| | {theirs['server_cores']:.2f} |"
+        "| downloader | images/s | ours / img2dataset | CPU ms per image | server CPU ms "
+        "per image | CPU-bound ceiling, images/s | other processes, cores |"
     )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    rows = {"img2dataset": theirs}
     ours_by_concurrency = {c: median_run(r) for c, r in runs["ours"].items()}
     for concurrency, ours in ours_by_concurrency.items():
-        ratio = ours["images_per_second"] / theirs["images_per_second"]
+        rows[f"ours, concurrency {concurrency}"] = ours
+    for name, row in rows.items():
+        ratio = row["images_per_second"] / theirs["images_per_second"]
+        ceiling = 1000 * cores / (row["cpu_ms_per_image"] + row["server_cpu_ms_per_image"])
         print(
-            f"| ours, concurrency {concurrency} | {ours['images_per_second']:.0f} "
-            f"| {ours['cpu_ms_per_image']:.2f} | {ratio:.2f}x | {ours['server_cores']:.2f} |"
+            f"| {name} | {row['images_per_second']:.0f} | {ratio:.2f}x "
+            f"| {row['cpu_ms_per_image']:.2f} | {row['server_cpu_ms_per_image']:.2f} "
+            f"| {ceiling:.0f} | {row['other_cores']:.2f} |"
         )
 
     best = max(ours_by_concurrency, key=lambda c: ours_by_concurrency[c]["images_per_second"])
@@ -513,6 +526,7 @@ def print_report(args: argparse.Namespace, sizes: list[int], runs: dict, load: s
     labels = {
         "cv2": "cv2 decode + INTER_AREA resize + encode",
         "process_image": "`process_image`, same settings",
+        "cv2_file": "cv2 pipeline + writing each result to a new file",
     }
     for name, limit in limits.items():
         print(
@@ -523,6 +537,7 @@ def print_report(args: argparse.Namespace, sizes: list[int], runs: dict, load: s
 
 
 def print_notes(theirs: dict, ours_by_concurrency: dict, best: int, limits: dict) -> None:
+    """Print the goal check, the server's share and the load from other processes."""
     ours = ours_by_concurrency[best]
     ratio = ours["images_per_second"] / theirs["images_per_second"]
     to_limit = limits["cv2"]["all_cores"] / ours["images_per_second"]
@@ -531,19 +546,39 @@ def print_notes(theirs: dict, ours_by_concurrency: dict, best: int, limits: dict
         f"{'met' if ratio >= 1.5 else 'not met'}) and within 1.5x of the cv2 bare limit "
         f"({to_limit:.2f}x, {'met' if to_limit <= 1.5 else 'not met'})."
     )
-    print(
-        f"Server CPU per image: {ours['server_cpu_ms_per_image']:.2f} ms with ours "
-        f"(keep-alive), {theirs['server_cpu_ms_per_image']:.2f} ms with img2dataset "
-        "(one connection per request)."
+
+    cores = os.cpu_count() or 1
+    ceiling_ratio = (theirs["cpu_ms_per_image"] + theirs["server_cpu_ms_per_image"]) / (
+        ours["cpu_ms_per_image"] + ours["server_cpu_ms_per_image"]
     )
-    busiest = max(r["busiest_server_core"] for r in [theirs, *ours_by_concurrency.values()])
+    print(
+        f"Ratio of the CPU-bound ceilings, ours (c={best}) / img2dataset: "
+        f"{ceiling_ratio:.2f}x. It is the better guide when other processes took CPU."
+    )
+    everything = [theirs, *ours_by_concurrency.values()]
+    busiest = max(r["busiest_server_core"] for r in everything)
     if busiest >= SERVER_CPU_SATURATED:
         print(
-            f"WARNING: one server process used {busiest:.2f} of a core: the server may be "
-            "the bottleneck; rerun with more --server-processes."
+            f"WARNING: one server process used {busiest:.2f} of a core, so the server may "
+            "be the bottleneck. Rerun with more --server-processes."
         )
-    other = max(r["other_cores"] for r in [theirs, *ours_by_concurrency.values()])
-    print(f"Other jobs on the machine used up to {other:.2f} cores during the runs (median).")
+    else:
+        print(f"The busiest server process used {busiest:.2f} of a core, so it was no bottleneck.")
+
+    # A downloader that spent no CPU beyond the bare pipeline and one file write per
+    # image would still share the cores with the server.
+    floor_ms = 1000 / limits["cv2_file"]["per_core"] + ours["server_cpu_ms_per_image"]
+    print(
+        f"Estimated ceiling with the server on the same cores: {cores} cores / "
+        f"({floor_ms:.2f} CPU ms per image for cv2 + file write + server) = "
+        f"{1000 * cores / floor_ms:.0f} images/s."
+    )
+
+    other = max(r["other_cores"] for r in everything)
+    print(
+        f"Other processes on the machine used up to {other:.2f} cores during the runs "
+        "(median over rounds, for the downloader setting where it was highest)."
+    )
 
 
 # ---- command line ----
@@ -575,7 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=IMG2DATASET_VENV,
         help="img2dataset's virtualenv, created when missing "
-        "(default: ~/.cache/bench_fetch/img2dataset-venv)",
+        "(default: bench/.cache/img2dataset-venv)",
     )
     parser.add_argument(
         "--server-processes",
@@ -591,11 +626,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.quick:
         args.images, args.rounds = 200, 1
-    if args.images < 1 or args.rounds < 1 or args.server_processes < 1:
-        raise SystemExit("--images, --rounds and --server-processes must be 1 or more")
+    for name in ("images", "rounds", "server_processes", "img2dataset_threads"):
+        if getattr(args, name) < 1:
+            option = "--" + name.replace("_", "-")
+            parser.error(f"{option} must be 1 or more, received {getattr(args, name)}")
+    if min(args.concurrency) < 1:
+        parser.error(f"--concurrency values must be 1 or more, received {args.concurrency}")
     setup_logging()
     ensure_img2dataset(args.img2dataset_venv)
     load_before = Path("/proc/loadavg").read_text().split()[:3]

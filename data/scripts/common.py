@@ -7,6 +7,7 @@ stage configures logging once in its own ``main``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -44,6 +45,7 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
+@functools.lru_cache(maxsize=1)
 def _file_mode() -> int:
     """Return the mode ``open()`` gives a new file: 0o666 less the process umask."""
     try:

@@ -243,7 +243,6 @@ class ImageStore:
 
     def __init__(self, processed: Path, manifest: pa.Table) -> None:
         self.processed = processed
-        self.root = (processed / "images").resolve()
         self.owner_of: dict[str, str] = {}
         stored = manifest.filter(pc.equal(manifest.column("status"), OK))
         for key, sha in zip(stored.column("key").to_pylist(), stored.column("sha256").to_pylist()):
@@ -262,12 +261,15 @@ class ImageStore:
             del self.owner_of[sha256]
 
     def write(self, label: str, key: str, data: bytes) -> str:
-        """Write ``data`` atomically; return its path relative to the processed folder."""
+        """Write ``data`` atomically; return its path relative to the processed folder.
+
+        ``label`` and ``key`` were checked by ``_input_problem`` (a safe folder name, 16 hex
+        digits), so the path stays inside ``images/``; the check below is a second guard.
+        """
+        if not (SAFE_NAME_RE.fullmatch(label) and KEY_RE.fullmatch(key)):
+            raise ValueError(f"unsafe image path for label {label!r} and key {key!r}")
         relative = image_path(label, key)
-        target = (self.processed / relative).resolve()
-        if not target.is_relative_to(self.root):
-            raise ValueError(f"image path {relative!r} escapes {self.root}")
-        with atomic_path(target) as tmp:
+        with atomic_path(self.processed / relative) as tmp:
             tmp.write_bytes(data)
         return relative
 
