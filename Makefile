@@ -24,6 +24,15 @@ ALLOW_PRIVATE_ADDRESSES ?=
 ALLOW_NETWORK ?=
 USER_AGENT ?=
 FETCH_ARGS ?=
+MODEL ?= resnet50v2_pool
+WEIGHTS ?= imagenet
+EPOCHS ?= 10
+FINE_TUNE_EPOCHS ?= 0
+BATCH_SIZE ?= 32
+RUN ?=
+RUNS_DIR ?= develop/artifacts/runs
+TRAIN_ARGS ?=
+TENSORBOARD_PORT ?= 6006
 EXTRAS ?=
 PYTEST_ARGS ?=
 
@@ -41,7 +50,7 @@ INSTALL_STAMP := $(VENV)/.installed-$(or $(subst $(space),-,$(strip $(EXTRAS))),
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: help install test test-fast lint format download extract merge relabel prepare
-.PHONY: validate fetch merge-shards demo clean
+.PHONY: validate fetch merge-shards train evaluate compare tensorboard demo clean
 
 help: ## List the targets and what each one does
 	@echo "Usage: make <target> [VARIABLE=value ...]"
@@ -53,6 +62,7 @@ help: ## List the targets and what each one does
 	@echo "           IMAGE_SIZE=$(IMAGE_SIZE) RESIZE_MODE=$(RESIZE_MODE) CONCURRENCY=$(CONCURRENCY)"
 	@echo "           PER_HOST=$(PER_HOST) SHARD=$(SHARD) ALLOW_NETWORK=$(ALLOW_NETWORK)"
 	@echo "           ALLOW_PRIVATE_ADDRESSES=$(ALLOW_PRIVATE_ADDRESSES)"
+	@echo "           MODEL=$(MODEL) WEIGHTS=$(WEIGHTS) EPOCHS=$(EPOCHS) BATCH_SIZE=$(BATCH_SIZE) RUN=$(RUN)"
 
 # ---- set-up ----
 
@@ -122,6 +132,24 @@ fetch: install ## Download, check and store every image under PROCESSED_DIR/imag
 
 merge-shards: install ## Combine the manifests of SHARD=i/n runs into manifest.parquet
 	$(PY) -m data.scripts.fetch --processed-dir "$(PROCESSED_DIR)" --merge-shards
+
+# ---- training ----
+
+train: install ## Train MODEL on PROCESSED_DIR; prints RUN=<run folder> (reruns resume)
+	$(PY) -m train.train --processed-dir "$(PROCESSED_DIR)" --model "$(MODEL)" \
+		--weights "$(WEIGHTS)" --image-size $(or $(IMAGE_SIZE),224) --epochs $(EPOCHS) \
+		--fine-tune-epochs $(FINE_TUNE_EPOCHS) --batch-size $(BATCH_SIZE) \
+		--runs-dir "$(RUNS_DIR)" $(TRAIN_ARGS)
+
+evaluate: install ## Score RUN's model on its test split (metrics, confusion matrix, mistakes)
+	@test -n "$(RUN)" || { echo "make evaluate needs RUN=<run folder>; see 'make compare'"; exit 2; }
+	$(PY) -m train.evaluate --run "$(RUN)"
+
+compare: install ## Print a table of every run under RUNS_DIR, side by side
+	$(PY) -m train.compare --runs-dir "$(RUNS_DIR)"
+
+tensorboard: install ## Serve TensorBoard for RUNS_DIR on 127.0.0.1:TENSORBOARD_PORT
+	$(VENV)/bin/tensorboard --logdir "$(RUNS_DIR)" --host 127.0.0.1 --port $(TENSORBOARD_PORT)
 
 demo: install ## Run the whole pipeline on a generated catalogue (not built yet)
 	@echo "make demo: the end-to-end demo on a generated catalogue is not built yet."
