@@ -183,3 +183,38 @@ def test_run_name_stable_and_settings_sensitive(processed):
     assert first == more_epochs
     assert first != other_rate
     assert first.startswith("resnet50v2_pool-v1-224px-")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "model", ["resnet50v2_pool", "resnet50v2_dense", "vgg19_pool", "vgg19_dense"]
+)
+def test_every_model_trains_and_evaluates(processed, tmp_path, model):
+    result = run_train(processed, tmp_path, "--model", model, "--epochs", "2")
+    run = run_folder(result)
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "train.evaluate", "--run", str(run)],
+        cwd=REPO_ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert json.loads((run / "summary.json").read_text())["model"] == model
+    assert (run / "evaluation" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_weights_of_one_run_start_another(processed, tmp_path):
+    first = run_folder(run_train(processed, tmp_path / "a", "--epochs", "2"))
+    weights = first / "model.weights.h5"
+
+    second = run_train(processed, tmp_path / "b", "--epochs", "1", "--weights", str(weights))
+    config = json.loads((run_folder(second) / "config.json").read_text())
+
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert weights.exists()
+    assert config["weights"] == str(weights)

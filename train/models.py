@@ -610,10 +610,13 @@ def _build_head(
                 name=f"head_dense_{units}",
             )(x)
             x = keras.layers.Dropout(dropout, seed=next(seeds), name=f"head_dropout_{units}")(x)
+    # float32 probabilities even under the mixed_float16 policy used on GPUs: a float16
+    # softmax loses the small probabilities that the loss and label review depend on.
     outputs = keras.layers.Dense(
         num_classes,
         activation="softmax",
         kernel_initializer=keras.initializers.GlorotUniform(seed=next(seeds)),
+        dtype="float32",
         name="predictions",
     )(x)
     return keras.Model(features, outputs, name="head")

@@ -369,7 +369,7 @@ def train(config: TrainConfig, *, restart: bool = False) -> dict[str, Any]:
                 train_head_phase(
                     config, data, model, run, weights_per_class, wandb_run, prepare_for_training
                 )
-                model.save(run.model)
+                save_model(model, run)
                 run.write_state(head_done=True)
 
             if config.fine_tune_epochs > 0:
@@ -387,7 +387,7 @@ def train(config: TrainConfig, *, restart: bool = False) -> dict[str, Any]:
                     wandb_run,
                     prepare_for_training,
                 )
-                model.save(run.model)
+                save_model(model, run)
                 run.write_state(fine_tune_done=True)
     finally:
         if wandb_run is not None:
@@ -403,6 +403,24 @@ def train(config: TrainConfig, *, restart: bool = False) -> dict[str, Any]:
         run.model,
     )
     return summary
+
+
+def save_model(model: Any, run: RunFolder) -> None:
+    """Save the model (``model.keras``) and its weights alone (``model.weights.h5``).
+
+    The weights file is what ``--weights`` takes to start another run from this one.
+    Both are written to temporary files and renamed, so a kill leaves the last good pair.
+    """
+    from data.scripts.common import atomic_path
+
+    with atomic_path(run.model) as tmp:
+        keras_path = tmp.with_suffix(".keras")
+        model.save(keras_path)
+        keras_path.replace(tmp)
+    with atomic_path(run.path / "model.weights.h5") as tmp:
+        weights_path = tmp.with_name(tmp.stem + ".weights.h5")
+        model.save_weights(weights_path)
+        weights_path.replace(tmp)
 
 
 def open_dataset(config: TrainConfig, dataset_class: Any) -> Any:
