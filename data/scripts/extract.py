@@ -478,44 +478,8 @@ def read_fast(path: Path, header: Header, relative: str, result: FileResult) -> 
 # ---- the tolerant path: line by line, with repairs ----
 
 
-def _open_quote_position(text: str) -> int | None:
-    """Return where a quoted field opens and is never closed in ``text``, else None."""
-    in_quotes = False
-    opened_at = None
-    i = 0
-    while i < len(text):
-        char = text[i]
-        if in_quotes:
-            if char == '"':
-                if text[i + 1 : i + 2] == '"':
-                    i += 2
-                    continue
-                in_quotes = False
-        elif char == '"' and (i == 0 or text[i - 1] == ","):
-            in_quotes = True
-            opened_at = i
-        i += 1
-    return opened_at if in_quotes else None
-
-
-_CR_PLACEHOLDER = "\uffff"  # a Unicode noncharacter, never in real text
-
-
-def _parse_line(text: str) -> list[str]:
-    """Split one record into fields; an unparsable record gives no fields."""
-    # The csv module rejects a bare carriage return outside quotes, so it is swapped
-    # for a placeholder while parsing and put back in every field afterwards.
-    try:
-        if "\r" not in text:
-            return next(csv.reader([text], strict=False), [])
-        fields = next(csv.reader([text.replace("\r", _CR_PLACEHOLDER)], strict=False), [])
-    except csv.Error:  # a field over csv.field_size_limit()
-        return []
-    return [value.replace(_CR_PLACEHOLDER, "\r") for value in fields]
-
-
-def _field_start_quotes(text: str) -> list[int]:
-    """Return the positions of quotes that open a field, as a CSV parser reads them."""
+def _scan_quotes(text: str) -> tuple[list[int], bool]:
+    """Return the positions of quotes that open a field and whether the last stays open."""
     positions = []
     in_quotes = False
     field_start = True
@@ -533,7 +497,29 @@ def _field_start_quotes(text: str) -> list[int]:
             positions.append(i)
         field_start = not in_quotes and char == ","
         i += 1
-    return positions
+    return positions, in_quotes
+
+
+def _open_quote_position(text: str) -> int | None:
+    """Return where a quoted field opens and is never closed in ``text``, else None."""
+    positions, still_open = _scan_quotes(text)
+    return positions[-1] if still_open else None
+
+
+_CR_PLACEHOLDER = "\uffff"  # a Unicode noncharacter, never in real text
+
+
+def _parse_line(text: str) -> list[str]:
+    """Split one record into fields; an unparsable record gives no fields."""
+    # The csv module rejects a bare carriage return outside quotes, so it is swapped
+    # for a placeholder while parsing and put back in every field afterwards.
+    try:
+        if "\r" not in text:
+            return next(csv.reader([text], strict=False), [])
+        fields = next(csv.reader([text.replace("\r", _CR_PLACEHOLDER)], strict=False), [])
+    except csv.Error:  # a field over csv.field_size_limit()
+        return []
+    return [value.replace(_CR_PLACEHOLDER, "\r") for value in fields]
 
 
 class _LineReader:
@@ -621,7 +607,7 @@ def _best_reading(text: str, fields: list[str], width: int) -> tuple[list[str], 
     """
     readings = [(fields, False)]
     if len(text) <= MAX_REPAIR_LINE_CHARS:
-        quotes = _field_start_quotes(text)[:MAX_STRAY_QUOTE_CANDIDATES]
+        quotes = _scan_quotes(text)[0][:MAX_STRAY_QUOTE_CANDIDATES]
         readings += [(_literal_quote_fields(text, p), True) for p in quotes]
     for reading in readings:
         if len(reading[0]) == width:
