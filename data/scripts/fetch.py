@@ -187,12 +187,17 @@ def check_input(path: Path) -> pq.ParquetFile:
     return parquet
 
 
-def _wanted(key: Any, label: Any, done: dict[str, str], options: FetchOptions) -> bool:
-    if isinstance(key, str) and done.get(key, None) == label and key in done:
+def _needs_fetch(key: Any, label: Any, done: dict[str, str], options: FetchOptions) -> bool:
+    """Return False for a row done with this label, or one of another shard.
+
+    Rows with a malformed key return True, so that they get their ``invalid_input`` row.
+    """
+    if isinstance(key, str) and key in done and done[key] == label:
         return False
-    return not (
+    other_shard = (
         isinstance(key, str) and KEY_RE.fullmatch(key) and not shard_matches(key, options.shard)
     )
+    return not other_shard
 
 
 def iter_work(
@@ -207,7 +212,7 @@ def iter_work(
     repeated = 0
     for batch in parquet.iter_batches(batch_size=options.chunk_rows, columns=INPUT_COLUMNS):
         for row in batch.to_pylist():
-            if not _wanted(row["key"], row["label"], done, options):
+            if not _needs_fetch(row["key"], row["label"], done, options):
                 continue
             if row["key"] in seen:
                 repeated += 1
@@ -229,7 +234,7 @@ def count_work(parquet: pq.ParquetFile, done: dict[str, str], options: FetchOpti
             for key, label in zip(
                 table.column("key").to_pylist(), table.column("label").to_pylist()
             )
-            if _wanted(key, label, done, options)
+            if _needs_fetch(key, label, done, options)
         }
     )
     return total if options.limit is None else min(total, options.limit)
