@@ -218,3 +218,56 @@ def test_weights_of_one_run_start_another(processed, tmp_path):
     assert second.returncode == 0, second.stderr[-2000:]
     assert weights.exists()
     assert config["weights"] == str(weights)
+
+
+@pytest.mark.parametrize("name", ["../victim", ".", "..", "/tmp/x", "a/b", ".hidden"])
+def test_run_name_must_be_plain(processed, name):
+    from train.train import TrainConfig
+
+    with pytest.raises(ValueError, match="--run-name"):
+        TrainConfig(processed_dir=processed, run_name=name).validate()
+
+
+@pytest.mark.parametrize("layers", [-0.5, 1.5, 5000.5])
+def test_fine_tune_layers_checked_early(processed, layers):
+    from train.train import TrainConfig
+
+    with pytest.raises(ValueError, match="--fine-tune-layers"):
+        TrainConfig(processed_dir=processed, fine_tune_layers=layers).validate()
+
+
+def test_best_so_far_reads_history(tmp_path):
+    from train.train import best_so_far
+
+    history_path = tmp_path / "history-head.csv"
+    history_path.write_text("epoch,val_accuracy\n0,0.5\n1,0.75\n2,0.6\n")
+
+    assert best_so_far(history_path, "val_accuracy") == 0.75
+    assert best_so_far(tmp_path / "missing.csv", "val_accuracy") is None
+
+
+def test_compare_skips_unreadable_runs(tmp_path):
+    from train.compare import read_runs
+
+    good = tmp_path / "good-run"
+    good.mkdir()
+    (good / "summary.json").write_text(json.dumps({"run": "old-name", "model": "m"}))
+    broken = tmp_path / "broken-run"
+    broken.mkdir()
+    (broken / "summary.json").write_text("{not json")
+
+    records = read_runs(tmp_path)
+
+    assert [record["run"] for record in records] == ["good-run"]
+
+
+def test_macro_f1_ignores_classes_without_test_images():
+    from train.metrics import classification_metrics
+
+    labels = np.array([0, 0, 1, 1])
+    probabilities = np.array([[0.9, 0.05, 0.05]] * 2 + [[0.05, 0.9, 0.05]] * 2)
+
+    metrics = classification_metrics(labels, probabilities, ["a", "b", "c"])
+
+    assert metrics["macro_f1"] == 1.0
+    assert metrics["classes_without_test_images"] == ["c"]

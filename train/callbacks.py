@@ -73,9 +73,15 @@ class ConfusionMatrixLogger(keras.callbacks.Callback):
 class NaNGuard(keras.callbacks.Callback):
     """Stop training as soon as the loss is NaN or infinite and remember where."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        rate_option: str = "--learning-rate",
+        saved_note: str = "no model was saved",
+    ) -> None:
         super().__init__()
         self.diverged_at: tuple[int, int] | None = None
+        self.rate_option = rate_option
+        self.saved_note = saved_note
         self._epoch = 0
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -93,10 +99,10 @@ class NaNGuard(keras.callbacks.Callback):
             return
         epoch, batch = self.diverged_at
         raise TrainingDiverged(
-            f"the loss became NaN or infinite at epoch {epoch}, batch {batch}, so no model was "
-            f"saved. Lower the learning rate (was {learning_rate:g}, try LEARNING_RATE="
-            f"{learning_rate / 10:g}) or check the images for broken files, then run again "
-            "with --restart"
+            f"the loss became NaN or infinite at epoch {epoch}, batch {batch}, so "
+            f"{self.saved_note}. Lower the learning rate ({self.rate_option} was "
+            f"{learning_rate:g}; try {learning_rate / 10:g}, through TRAIN_ARGS with make) or "
+            "check the images for broken files, then run again with --restart"
         )
 
 
@@ -118,3 +124,28 @@ def log_hparams(log_dir: Path, run_name: str, values: dict[str, Any]) -> None:
         )
         hparams_api.hparams(flat, trial_id=run_name)
     writer.flush()
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore`` whose backup is replaced whole or not at all.
+
+    Keras 3.15 rewrites ``latest.weights.h5`` in place, so a Ctrl-C during the write
+    leaves a file that can never be loaded and a run that can never resume. Here the
+    weights and the epoch record are written to temporary files and renamed, weights
+    first: an interruption leaves the previous epoch's pair, or the new weights with
+    the previous epoch number, which repeats one epoch but loads.
+    """
+
+    def _save_model(self) -> None:
+        from data.scripts.common import atomic_path, write_json
+
+        backup = Path(self.backup_dir)
+        backup.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self._weights_path) as tmp:
+            staged = tmp.with_name(tmp.stem + ".weights.h5")
+            self.model.save_weights(staged, overwrite=True)
+            staged.replace(tmp)
+        write_json(
+            self._training_metadata_path,
+            {"epoch": self._current_epoch, "batch": self._last_batch_seen},
+        )

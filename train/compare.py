@@ -39,11 +39,18 @@ def read_runs(runs_dir: Path) -> list[dict[str, Any]]:
     """Return one record per run folder that has a summary, newest metrics merged in."""
     records = []
     for folder in sorted(p for p in runs_dir.glob("*") if (p / "summary.json").exists()):
-        record: dict[str, Any] = json.loads((folder / "summary.json").read_text())
-        metrics_path = folder / "evaluation" / "metrics.json"
-        if metrics_path.exists():
-            metrics = json.loads(metrics_path.read_text())
-            record.update({k: metrics[k] for k in ("accuracy", "macro_f1", "top2_accuracy")})
+        try:
+            record: dict[str, Any] = dict(json.loads((folder / "summary.json").read_text()))
+            metrics_path = folder / "evaluation" / "metrics.json"
+            if metrics_path.exists():
+                metrics = dict(json.loads(metrics_path.read_text()))
+                record.update(
+                    {k: metrics.get(k) for k in ("accuracy", "macro_f1", "top2_accuracy")}
+                )
+        except (OSError, ValueError, TypeError) as exc:
+            logger.warning("compare: skipped %s, its files cannot be read: %s", folder, exc)
+            continue
+        record["run"] = folder.name  # the folder may have been copied or renamed
         records.append(record)
     return sorted(records, key=lambda r: -(r.get("accuracy") or -1))
 

@@ -38,11 +38,30 @@ def read_test_split(run: Path) -> tuple[list[dict[str, str]], list[str], Path, i
         raise FileNotFoundError(
             f"{config_path} not found; RUN must be a run folder written by 'make train'"
         )
-    config = json.loads(config_path.read_text())
-    class_names = json.loads((run / "class_names.json").read_text())
-    with open(run / "splits.csv", newline="", encoding="utf-8") as handle:
-        rows = [row for row in csv.DictReader(handle) if row["split"] == "test"]
-    return rows, class_names, Path(config["dataset_root"]), int(config["image_size"])
+    try:
+        config = json.loads(config_path.read_text())
+        class_names = json.loads((run / "class_names.json").read_text())
+        with open(run / "splits.csv", newline="", encoding="utf-8") as handle:
+            rows = [row for row in csv.DictReader(handle) if row["split"] == "test"]
+        root, image_size = Path(config["dataset_root"]), int(config["image_size"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(
+            f"run folder {run} is incomplete or damaged ({type(exc).__name__}: {exc}); "
+            "train it again with --restart"
+        ) from exc
+    unknown = sorted({row["label"] for row in rows} - set(class_names))
+    if unknown:
+        raise ValueError(
+            f"splits.csv of {run} has labels {unknown} that class_names.json lacks; the run "
+            "folder is inconsistent, train it again with --restart"
+        )
+    missing = [row["path"] for row in rows if not (root / row["path"]).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} test image(s) of {run.name} are gone from {root}, first "
+            f"{missing[0]!r}; restore them or train again"
+        )
+    return rows, class_names, root, image_size
 
 
 def predict(model: Any, paths: list[Path], image_size: int, batch_size: int) -> np.ndarray:
@@ -75,11 +94,18 @@ def evaluate(run: Path, batch_size: int = 64) -> dict[str, Any]:
     rows, class_names, root, image_size = read_test_split(run)
     if not rows:
         raise ValueError(
-            f"the test split of {run} is empty; train with a larger TEST_SIZE or more images"
+            f"the test split of {run} is empty; train with more images or a larger "
+            "--test-size (TRAIN_ARGS with make)"
         )
     index_of = {name: i for i, name in enumerate(class_names)}
     labels = np.array([index_of[row["label"]] for row in rows])
-    model = keras.models.load_model(run / "model.keras")
+    try:
+        model = keras.models.load_model(run / "model.keras")
+    except (OSError, ValueError, TypeError) as exc:
+        raise ValueError(
+            f"{run / 'model.keras'} could not be loaded ({type(exc).__name__}: "
+            f"{str(exc)[:300]}); train the run again"
+        ) from exc
     logger.info("evaluate: %d test images of %s", len(rows), run.name)
 
     probabilities = predict(model, [root / row["path"] for row in rows], image_size, batch_size)
@@ -162,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    if args.batch_size < 1:
+        logger.error("--batch-size must be 1 or more, received %d", args.batch_size)
+        return 2
     try:
         evaluate(args.run, args.batch_size)
     except (ValueError, FileNotFoundError) as exc:

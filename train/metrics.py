@@ -52,6 +52,9 @@ def classification_metrics(
     precision, recall, f1, support = precision_recall_fscore_support(
         labels, predicted, labels=ids, zero_division=0
     )
+    # Macro F1 over the classes that have test images: a class absent from the test split
+    # would count as F1 = 0 and pull the mean down for no fault of the model.
+    present = [i for i in ids if support[i] > 0]
     top2 = (
         top_k_accuracy_score(labels, probabilities, k=2, labels=ids)
         if len(class_names) > 2
@@ -61,8 +64,9 @@ def classification_metrics(
         "images": int(len(labels)),
         "accuracy": float((predicted == labels).mean()) if len(labels) else 0.0,
         "macro_f1": float(
-            f1_score(labels, predicted, labels=ids, average="macro", zero_division=0)
+            f1_score(labels, predicted, labels=present or ids, average="macro", zero_division=0)
         ),
+        "classes_without_test_images": [class_names[i] for i in ids if support[i] == 0],
         "top2_accuracy": float(top2),
         "per_class": {
             name: {

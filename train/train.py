@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -48,6 +49,8 @@ logger = logging.getLogger(__name__)
 STAGE = "train"
 RUNS_DIR = PROJECT_ROOT / "develop" / "artifacts" / "runs"
 PHASES = ("head", "fine_tune")
+MAX_MESSAGE_CHARS = 800
+RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass
@@ -60,7 +63,7 @@ class TrainConfig:
     image_size: int = 224
     epochs: int = 10
     fine_tune_epochs: int = 0
-    fine_tune_layers: float = 0.2
+    fine_tune_layers: float = 0.2  # a fraction of the backbone's layers, or a count above 1
     batch_size: int = 32
     learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 1e-5
@@ -70,6 +73,7 @@ class TrainConfig:
     val_size: float = 0.1
     test_size: float = 0.1
     cache: str = "memory"
+    check: str = "decode"
     cached_features: bool = True
     class_weights: bool = True
     mixed_precision: str = "auto"
@@ -131,6 +135,17 @@ class TrainConfig:
             raise ValueError(
                 "mixed_precision must be auto, on or off. "
                 f"Received: mixed_precision={self.mixed_precision!r}"
+            )
+        if self.run_name is not None and not RUN_NAME_RE.fullmatch(self.run_name):
+            raise ValueError(
+                "--run-name must be a plain folder name (letters, digits, '.', '_', '-', not "
+                f"starting with '.'). Received: {self.run_name!r}"
+            )
+        layers = self.fine_tune_layers
+        if not (0 <= layers <= 1 or (layers > 1 and float(layers).is_integer())):
+            raise ValueError(
+                "--fine-tune-layers must be a fraction in [0, 1] or a whole number of layers. "
+                f"Received: {layers!r}"
             )
         weights = str(self.weights)
         if weights not in ("imagenet", "none") and not Path(weights).is_file():
@@ -243,7 +258,8 @@ def prepare_run_folder(config: TrainConfig, fingerprint: str, restart: bool) -> 
     if restart and run.path.exists():
         logger.info("train: --restart removes %s", run.path)
         shutil.rmtree(run.path)
-    if run.config.exists():
+    trained = run.history_path("head").exists() or run.model.exists()
+    if run.config.exists() and trained:
         previous = json.loads(run.config.read_text())
         if previous.get("dataset_fingerprint") != fingerprint:
             raise ValueError(
@@ -268,19 +284,32 @@ def build_callbacks(
     """Callbacks of one phase, in the order they must run; also return the NaN guard."""
     import keras
 
-    from train.callbacks import ConfusionMatrixLogger, LearningRateLogger, NaNGuard
+    from train.callbacks import (
+        AtomicBackupAndRestore,
+        ConfusionMatrixLogger,
+        LearningRateLogger,
+        NaNGuard,
+    )
 
-    guard = NaNGuard()
+    if phase == "head":
+        guard = NaNGuard("--learning-rate", "no model was saved")
+    else:
+        guard = NaNGuard(
+            "--fine-tune-learning-rate", "model.keras still holds the model of the head phase"
+        )
+    monitor = "val_accuracy" if len(validation_labels) else "accuracy"
     callbacks: list[Any] = [
         LearningRateLogger(),
         guard,
-        keras.callbacks.BackupAndRestore(str(run.backup(phase)), delete_checkpoint=False),
+        AtomicBackupAndRestore(str(run.backup(phase)), delete_checkpoint=False),
         keras.callbacks.ModelCheckpoint(
             str(checkpoint_path),
-            monitor="val_accuracy" if len(validation_labels) else "accuracy",
+            monitor=monitor,
             mode="max",
             save_best_only=True,
             save_weights_only=True,
+            # After a resume, the best epoch so far stays the bar to beat.
+            initial_value_threshold=best_so_far(run.history_path(phase), monitor),
         ),
         keras.callbacks.CSVLogger(str(run.history_path(phase)), append=True),
         keras.callbacks.TensorBoard(str(run.tensorboard / phase), histogram_freq=0),
@@ -298,6 +327,38 @@ def build_callbacks(
     return callbacks, guard
 
 
+def best_so_far(history: Path, column: str) -> float | None:
+    """Return the best value of ``column`` in a phase's history CSV, or None."""
+    if not history.exists():
+        return None
+    with open(history, newline="", encoding="utf-8") as handle:
+        values = [float(row[column]) for row in csv.DictReader(handle) if row.get(column)]
+    return max(values) if values else None
+
+
+def epochs_done(history: Path) -> int:
+    if not history.exists():
+        return 0
+    with open(history, newline="", encoding="utf-8") as handle:
+        return sum(1 for _ in csv.DictReader(handle))
+
+
+def check_classes(data: Any) -> None:
+    """Raise ValueError when a classifier cannot be trained on these classes."""
+    if len(data.class_names) < 2:
+        raise ValueError(
+            f"the dataset has {len(data.class_names)} class ({data.class_names}); a classifier "
+            "needs images of at least 2 labels"
+        )
+    counts = data.counts()  # {class name: {split: images}}
+    empty = [name for name in data.class_names if not counts[name]["train"]]
+    if empty:
+        raise ValueError(
+            f"class(es) {empty} have no images in the training split; add images of them or "
+            "remove their folders"
+        )
+
+
 def train(config: TrainConfig, *, restart: bool = False) -> dict[str, Any]:
     """Train one model; return the run summary. Raises ValueError for a bad setting."""
     config.validate()
@@ -313,6 +374,7 @@ def train(config: TrainConfig, *, restart: bool = False) -> dict[str, Any]:
     strategy = choose_strategy()
 
     data = open_dataset(config, ImageDataSet)
+    check_classes(data)
     run = prepare_run_folder(config, data.fingerprint(), restart)
     values = {
         **config.identity(),
@@ -333,6 +395,7 @@ def train(config: TrainConfig, *, restart: bool = False) -> dict[str, Any]:
     write_json(run.config, values)
     write_json(run.path / "class_names.json", data.class_names)
     data.save_splits(run.path)
+    write_skipped(run, data.skipped)
     log_hparams(run.tensorboard, run.path.name, config.identity())
     wandb_run = start_wandb(config, run.path, values)
     logger.info(
@@ -353,9 +416,21 @@ def train(config: TrainConfig, *, restart: bool = False) -> dict[str, Any]:
     state = run.read_state()
     try:
         with strategy.scope():
-            if state.get("head_done") and run.model.exists():
+            head_epochs = epochs_done(run.history_path("head"))
+            if state.get("head_done") and run.model.exists() and head_epochs >= config.epochs:
                 model = keras.models.load_model(run.model)
                 logger.info("train: head phase already done; loaded %s", run.model)
+            elif state.get("head_done") and run.model.exists():
+                model = keras.models.load_model(run.model)
+                logger.info(
+                    "train: continuing the head phase from epoch %d to %d",
+                    head_epochs,
+                    config.epochs,
+                )
+                train_head_phase(
+                    config, data, model, run, weights_per_class, wandb_run, prepare_for_training
+                )
+                save_model(model, run)
             else:
                 model = build_model(
                     config.model,
@@ -373,7 +448,8 @@ def train(config: TrainConfig, *, restart: bool = False) -> dict[str, Any]:
                 run.write_state(head_done=True)
 
             if config.fine_tune_epochs > 0:
-                unfrozen = unfreeze_top(model, config.fine_tune_layers)
+                layers = config.fine_tune_layers
+                unfrozen = unfreeze_top(model, int(layers) if layers > 1 else layers)
                 compile_model(model, config.fine_tune_learning_rate)
                 logger.info("train: fine-tuning the top %d backbone layers", unfrozen)
                 train_on_images(
@@ -397,7 +473,9 @@ def train(config: TrainConfig, *, restart: bool = False) -> dict[str, Any]:
     summary = summarise(run, config, started)
     write_json(run.path / "summary.json", summary)
     logger.info(
-        "train: done in %.0f s; best validation accuracy %s; model in %s",
+        "train: done in %.0f s (%.0f s over all sessions of this run); best validation "
+        "accuracy %s; model in %s",
+        time.monotonic() - started,
         summary["seconds"],
         summary["best_val_accuracy"],
         run.model,
@@ -423,6 +501,18 @@ def save_model(model: Any, run: RunFolder) -> None:
         weights_path.replace(tmp)
 
 
+def write_skipped(run: RunFolder, skipped: list[Any]) -> None:
+    """List the files the dataset skipped, with the reason, in ``skipped_files.csv``."""
+    from data.scripts.common import atomic_path
+
+    with atomic_path(run.path / "skipped_files.csv") as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["path", "reason", "message"])
+            for item in skipped:
+                writer.writerow([item.path, item.reason, item.message])
+
+
 def open_dataset(config: TrainConfig, dataset_class: Any) -> Any:
     """Open the images of a processed folder: through its manifest when there is one."""
     folder = Path(config.processed_dir)
@@ -432,6 +522,7 @@ def open_dataset(config: TrainConfig, dataset_class: Any) -> Any:
         "train_size": config.train_size,
         "val_size": config.val_size,
         "test_size": config.test_size,
+        "check": config.check,
     }
     if manifest.exists():
         return dataset_class(folder, manifest=manifest, **common)
@@ -621,7 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--fine-tune-layers",
         type=float,
         default=defaults.fine_tune_layers,
-        help="backbone layers to unfreeze: a count, or a fraction below 1 (default: 0.2)",
+        help="backbone layers to unfreeze: a fraction up to 1, or a count above 1 (default: 0.2)",
     )
     parser.add_argument(
         "--batch-size", type=int, default=defaults.batch_size, help="images per step (default: 32)"
@@ -642,6 +733,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--dropout", type=float, default=defaults.dropout, help="dropout of the head (default: 0.3)"
     )
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: 0)")
+    parser.add_argument(
+        "--val-size", type=float, default=defaults.val_size, help="validation share (default: 0.1)"
+    )
+    parser.add_argument(
+        "--test-size", type=float, default=defaults.test_size, help="test share (default: 0.1)"
+    )
+    parser.add_argument(
+        "--check",
+        choices=("decode", "header"),
+        default=defaults.check,
+        help="decode every image once before training so a damaged one is skipped, or only "
+        "read headers, which is faster but lets a damaged image stop a run (default: decode)",
+    )
     parser.add_argument(
         "--no-cached-features",
         action="store_true",
@@ -694,6 +798,10 @@ def main(argv: list[str] | None = None) -> int:
         fine_tune_learning_rate=args.fine_tune_learning_rate,
         dropout=args.dropout,
         seed=args.seed,
+        train_size=round(1.0 - args.val_size - args.test_size, 10),
+        val_size=args.val_size,
+        test_size=args.test_size,
+        check=args.check,
         cached_features=not args.no_cached_features,
         class_weights=not args.no_class_weights,
         mixed_precision=args.mixed_precision,
@@ -704,9 +812,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         summary = train(config, restart=args.restart)
-    except (ValueError, FileNotFoundError, TrainingDiverged) as exc:
+    except TrainingDiverged as exc:
         logger.error("%s", exc)
-        return 2 if not isinstance(exc, TrainingDiverged) else 1
+        return 1
+    except (ValueError, OSError) as exc:
+        message = str(exc)
+        if len(message) > MAX_MESSAGE_CHARS:  # Keras can print whole tensors in a message
+            message = message[:MAX_MESSAGE_CHARS] + " [...]"
+        logger.error("train: %s", message)
+        return 2
     except KeyboardInterrupt:
         logger.error("train: interrupted; run the same command again to resume")
         return 130
