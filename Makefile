@@ -33,6 +33,10 @@ RUN ?=
 RUNS_DIR ?= develop/artifacts/runs
 TRAIN_ARGS ?=
 TENSORBOARD_PORT ?= 6006
+NEW_DATA_VERSION ?= v2
+REVIEW_DIR ?= label/reviews/$(DATA_VERSION)
+REVIEW_PORT ?= 8765
+FOLDS ?= 5
 EXTRAS ?=
 PYTEST_ARGS ?=
 
@@ -50,12 +54,13 @@ INSTALL_STAMP := $(VENV)/.installed-$(or $(subst $(space),-,$(strip $(EXTRAS))),
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: help install test test-fast lint format download extract merge relabel prepare
-.PHONY: validate fetch merge-shards train evaluate compare tensorboard demo clean
+.PHONY: validate fetch merge-shards train evaluate compare tensorboard
+.PHONY: find-label-issues review apply-corrections demo clean
 
 help: ## List the targets and what each one does
 	@echo "Usage: make <target> [VARIABLE=value ...]"
 	@echo
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-19s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo
 	@echo "Variables: DATA_VERSION=$(DATA_VERSION) RAW_DIR=$(RAW_DIR) PROCESSED_DIR=$(PROCESSED_DIR)"
 	@echo "           MAPPING=$(MAPPING) UNKNOWN_LABEL=$(UNKNOWN_LABEL) EXTRAS=$(EXTRAS)"
@@ -150,6 +155,21 @@ compare: install ## Print a table of every run under RUNS_DIR, side by side
 
 tensorboard: install ## Serve TensorBoard for RUNS_DIR on 127.0.0.1:TENSORBOARD_PORT
 	$(VENV)/bin/tensorboard --logdir "$(RUNS_DIR)" --host 127.0.0.1 --port $(TENSORBOARD_PORT)
+
+# ---- label correction ----
+
+find-label-issues: install ## Rank likely label errors and conflicting duplicates into REVIEW_DIR
+	$(PY) -m label.find_issues --processed-dir "$(PROCESSED_DIR)" --model "$(MODEL)" \
+		--weights "$(WEIGHTS)" --image-size $(or $(IMAGE_SIZE),224) --folds $(FOLDS) \
+		--batch-size $(BATCH_SIZE) --out "$(REVIEW_DIR)/candidates.csv"
+
+review: install ## Review the candidates in a web page on 127.0.0.1:REVIEW_PORT (Ctrl-C stops it)
+	$(PY) -m label.review --candidates "$(REVIEW_DIR)/candidates.csv" \
+		--processed-dir "$(PROCESSED_DIR)" --port $(REVIEW_PORT)
+
+apply-corrections: install ## Write data/processed/NEW_DATA_VERSION from DATA_VERSION and the review
+	$(PY) -m label.apply --processed-dir "$(PROCESSED_DIR)" \
+		--decisions "$(REVIEW_DIR)/decisions.jsonl" --out "data/processed/$(NEW_DATA_VERSION)"
 
 demo: install ## Run the whole pipeline on a generated catalogue (not built yet)
 	@echo "make demo: the end-to-end demo on a generated catalogue is not built yet."

@@ -90,14 +90,25 @@ def load_candidates(path: Path) -> list[Candidate]:
             )
         candidates = [_parse_candidate(row, line) for line, row in enumerate(reader, start=2)]
 
-    seen: set[str] = set()
+    # An image can be both a label issue and a conflicting duplicate: find_issues writes
+    # a row for each reason. It is one card, at the place of its worst row, with both
+    # reasons; rows of one key that disagree on the labels are an error.
+    merged: dict[str, Candidate] = {}
     for candidate in candidates:
-        if candidate.key in seen:
+        first = merged.get(candidate.key)
+        if first is None:
+            merged[candidate.key] = candidate
+            continue
+        if (first.path, first.given_label) != (candidate.path, candidate.given_label):
             raise ReviewInputError(
-                f"key {candidate.key!r} occurs twice in {str(path)!r}; keys must be unique"
+                f"key {candidate.key!r} occurs twice in {str(path)!r} with different paths or "
+                "labels; regenerate the file with 'make find-label-issues'"
             )
-        seen.add(candidate.key)
-    return candidates
+        if candidate.reason not in first.reason.split("; "):
+            merged[candidate.key] = dataclasses.replace(
+                first, reason=f"{first.reason}; {candidate.reason}"
+            )
+    return list(merged.values())
 
 
 def _parse_candidate(row: dict[str, str], line: int) -> Candidate:

@@ -303,10 +303,22 @@ def test_read_decisions_rejects_bad_middle_line(tmp_path):
         review.read_decisions(path)
 
 
-def test_load_candidates_rejects_duplicate_keys(tmp_path):
+def test_load_candidates_merges_reasons_of_one_key(tmp_path):
     path = tmp_path / "candidates.csv"
     header = ",".join(review.CANDIDATE_COLUMNS)
-    path.write_text(f"{header}\nk1,p,a,b,0.1,r\nk1,p,a,b,0.2,r\n")
+    path.write_text(f"{header}\nk1,p,a,b,0.1,label_issue\nk1,p,a,b,0.2,duplicate_conflict:k2\n")
+
+    candidates = review.load_candidates(path)
+
+    assert [c.key for c in candidates] == ["k1"]
+    assert candidates[0].reason == "label_issue; duplicate_conflict:k2"
+    assert candidates[0].quality_score == 0.1
+
+
+def test_load_candidates_rejects_conflicting_rows(tmp_path):
+    path = tmp_path / "candidates.csv"
+    header = ",".join(review.CANDIDATE_COLUMNS)
+    path.write_text(f"{header}\nk1,p,a,b,0.1,r\nk1,q,a,b,0.2,r\n")
 
     with pytest.raises(review.ReviewInputError, match="'k1' occurs twice"):
         review.load_candidates(path)
