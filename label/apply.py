@@ -241,8 +241,13 @@ def run_apply(
         )
     if not decisions_path.is_file():
         raise ApplyError(f"decisions file {str(decisions_path)!r} not found; run label.review")
-    if out_dir.resolve() == processed_dir.resolve():
-        raise ApplyError(f"--out must differ from --processed-dir, received {str(out_dir)!r}")
+    source, target = processed_dir.resolve(), out_dir.resolve()
+    if target == source or target.is_relative_to(source) or source.is_relative_to(target):
+        raise ApplyError(
+            f"--out {str(out_dir)!r} must be a folder beside --processed-dir "
+            f"{str(processed_dir)!r}, not the same folder, inside it or above it; "
+            "for example data/processed/v2"
+        )
     if out_dir.exists() and not force:
         raise ApplyError(f"{str(out_dir)!r} already exists; pass --force to replace it")
 

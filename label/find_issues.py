@@ -786,7 +786,13 @@ def validate_config(config: FindIssuesConfig) -> None:
 
 def read_class_names(path: str) -> list[str]:
     """Read a JSON list of class names, such as a run's ``class_names.json``."""
-    names = json.loads(Path(path).read_text(encoding="utf-8"))
+    try:
+        names = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(
+            f"cannot read {path} ({exc}); pass a JSON list of class names, such as a run's "
+            "class_names.json"
+        ) from exc
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
         raise argparse.ArgumentTypeError(
             f"{path} must contain a JSON list of class names, such as a run's class_names.json"

@@ -188,6 +188,25 @@ class DecisionLog:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.latest = read_decisions(path)
+        self._cut_torn_tail()
+
+    def _cut_torn_tail(self) -> None:
+        """Drop a last line without its line break, left by a server killed mid-write.
+
+        ``read_decisions`` has skipped it already; without the cut, the next decision
+        would be appended to it and both would be lost.
+        """
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        data = self.path.read_bytes()
+        if data.endswith(b"\n"):
+            return
+        keep = data.rfind(b"\n") + 1
+        with self.path.open("r+b") as handle:
+            handle.truncate(keep)
+            handle.flush()
+            os.fsync(handle.fileno())
+        logger.warning("removed an incomplete last line from %s", self.path)
 
     def append(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, ensure_ascii=False, sort_keys=False) + "\n"
@@ -300,11 +319,13 @@ def create_app(
     async def post_decision(request: web.Request) -> web.Response:
         try:
             body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             raise web.HTTPBadRequest(text="the body must be a JSON object\n") from None
         if not isinstance(body, dict):
             raise web.HTTPBadRequest(text="the body must be a JSON object\n")
         key = body.get("key")
+        if not isinstance(key, str):
+            raise web.HTTPBadRequest(text="key must be a string from the candidates file\n")
         if key not in by_key:
             logger.warning("rejected a decision for unknown key %r", key)
             raise web.HTTPBadRequest(text=f"key {key!r} is not in the candidates file\n")

@@ -343,3 +343,13 @@ def test_apply_killed_run_leaves_no_out(v1, decisions, tmp_path):
     assert leftovers[0].startswith(".v2.tmp-")
     apply.run_apply(v1, decisions, v2)
     assert sorted(p.name for p in (tmp_path / "processed").iterdir()) == ["v1", "v2"]
+
+
+@pytest.mark.parametrize("where", ["inside", "above", "images"])
+def test_apply_out_must_be_beside_source(v1, decisions, where):
+    out = {"inside": v1 / "v2", "above": v1.parent, "images": v1 / "images"}[where]
+    before = hash_tree(v1)
+
+    with pytest.raises(apply.ApplyError, match="beside --processed-dir"):
+        apply.run_apply(v1, decisions, out, force=True)
+    assert hash_tree(v1) == before

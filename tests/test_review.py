@@ -210,6 +210,9 @@ def test_restart_continues_from_log(review_dirs):
         ({"key": KEYS[0], "decision": "relabel"}, b"received None"),
         (b"not json", b"JSON object"),
         ([KEYS[0], "keep"], b"JSON object"),
+        ({"key": [], "decision": "keep"}, b"key must be a string"),
+        ({"key": {}, "decision": "keep"}, b"key must be a string"),
+        (b"[" * 30000 + b"]" * 30000, b"JSON object"),
     ],
 )
 def test_invalid_decision_rejected(server, review_dirs, body, message):
@@ -490,3 +493,14 @@ def test_browser_accept_relabel_reload(browser, server, review_dirs):
     current = browser.find_element(By.CSS_SELECTOR, ".card.current")
     assert current.get_attribute("data-key") == KEYS[2]
     assert "toys" in decided[1].get_attribute("textContent")
+
+
+def test_torn_line_cut_before_next_decision(tmp_path):
+    path = tmp_path / "decisions.jsonl"
+    path.write_text('{"key": "a", "decision": "keep"}\n{"key": "b", "decision": "rel')
+
+    log = review.DecisionLog(path)
+    log.append({"key": "b", "decision": "remove", "new_label": None})
+
+    assert path.read_text().splitlines()[-1].startswith('{"key": "b", "decision": "remove"')
+    assert set(review.read_decisions(path)) == {"a", "b"}
