@@ -422,6 +422,29 @@ def test_manifest_input(tmp_path):
     assert predict_by_colour(images, data.class_names).tolist() == labels.tolist()
 
 
+def test_manifest_same_path_twice_kept_once(tmp_path):
+    processed = tmp_path / "v1"
+    paths = write_images(processed / "images", {"red": 4, "green": 4})
+    rows = [
+        {
+            "key": path.stem,
+            "url": f"https://example.com/{path.stem}.jpg",
+            "label": path.parent.name,
+            "status": "ok",
+            "path": path.relative_to(processed).as_posix(),
+        }
+        for path in paths
+    ]
+    twin = dict(rows[0], key="00000000000000cc", label="green")
+    table = pa.Table.from_pylist(rows + [twin], schema=MANIFEST_SCHEMA)
+    pq.write_table(table, processed / "manifest.parquet")
+
+    data = ImageDataSet.from_manifest(processed / "manifest.parquet", image_size=SIZE)
+
+    assert len(data.samples) == len(paths)
+    assert [item.reason for item in data.skipped] == ["duplicate_path"]
+
+
 def test_manifest_not_found(tmp_path):
     with pytest.raises(FileNotFoundError, match="manifest not found"):
         ImageDataSet.from_manifest(tmp_path / "manifest.parquet")

@@ -271,3 +271,17 @@ def test_macro_f1_ignores_classes_without_test_images():
 
     assert metrics["macro_f1"] == 1.0
     assert metrics["classes_without_test_images"] == ["c"]
+
+
+def test_same_run_twice_at_once_refused(processed, tmp_path):
+    from data.scripts.common import exclusive_lock
+    from train.train import TrainConfig, train
+
+    config = TrainConfig(
+        processed_dir=processed, weights="none", image_size=32, epochs=1, runs_dir=tmp_path
+    )
+    lock = tmp_path / f".{config.resolved_run_name()}.lock"
+
+    with exclusive_lock(lock, "a test"):
+        with pytest.raises(RuntimeError, match="another process"):
+            train(config)

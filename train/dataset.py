@@ -266,9 +266,21 @@ def _read_manifest(manifest: Path) -> tuple[list[tuple[str, str, str]], list[Ski
 
     rows: list[tuple[str, str, str]] = []
     skipped: list[SkippedFile] = []
+    seen_paths: set[str] = set()
     for row in table.to_pylist():
         path = row["path"] or ""
         parts = PurePosixPath(path).parts
+        if path and PurePosixPath(path).as_posix() in seen_paths:
+            # One file under two rows would enter the dataset twice, perhaps with two labels.
+            skipped.append(
+                SkippedFile(
+                    path,
+                    "duplicate_path",
+                    f"manifest row of key {row['key']!r} points at {path!r}, which an earlier "
+                    "row already uses; only the first row is kept",
+                )
+            )
+            continue
         if not path or PurePosixPath(path).is_absolute() or ".." in parts or not row["label"]:
             skipped.append(
                 SkippedFile(
@@ -280,6 +292,7 @@ def _read_manifest(manifest: Path) -> tuple[list[tuple[str, str, str]], list[Ski
                 )
             )
             continue
+        seen_paths.add(PurePosixPath(path).as_posix())
         rows.append((path, row["label"], row["key"] or path))
     return sorted(rows), skipped
 

@@ -39,6 +39,7 @@ from typing import Any
 from data.scripts.common import (
     DEFAULT_DATA_VERSION,
     PROJECT_ROOT,
+    exclusive_lock,
     processed_dir,
     setup_logging,
     write_json,
@@ -364,9 +365,7 @@ def train(config: TrainConfig, *, restart: bool = False) -> dict[str, Any]:
     config.validate()
     import keras
 
-    from train.callbacks import log_hparams
-    from train.dataset import ImageDataSet, prepare_for_training
-    from train.models import build_model, class_weights, compile_model, unfreeze_top
+    from train.dataset import ImageDataSet
 
     started = time.monotonic()
     keras.utils.set_random_seed(config.seed)
@@ -375,6 +374,21 @@ def train(config: TrainConfig, *, restart: bool = False) -> dict[str, Any]:
 
     data = open_dataset(config, ImageDataSet)
     check_classes(data)
+    lock_path = Path(config.runs_dir) / f".{config.resolved_run_name()}.lock"
+    with exclusive_lock(lock_path, f"run {config.resolved_run_name()}"):
+        return _train_locked(config, data, restart, started, mixed, strategy)
+
+
+def _train_locked(
+    config: TrainConfig, data: Any, restart: bool, started: float, mixed: bool, strategy: Any
+) -> dict[str, Any]:
+    """The body of ``train``, run while this process holds the run's lock."""
+    import keras
+
+    from train.callbacks import log_hparams
+    from train.dataset import prepare_for_training
+    from train.models import build_model, class_weights, compile_model, unfreeze_top
+
     run = prepare_run_folder(config, data.fingerprint(), restart)
     values = {
         **config.identity(),
@@ -815,7 +829,7 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as exc:
         logger.error("%s", exc)
         return 1
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, RuntimeError) as exc:
         message = str(exc)
         if len(message) > MAX_MESSAGE_CHARS:  # Keras can print whole tensors in a message
             message = message[:MAX_MESSAGE_CHARS] + " [...]"

@@ -119,3 +119,29 @@ def read_arrow(path: str | os.PathLike[str]) -> pa.Table:
     """Read an Arrow IPC file written by ``write_arrow``, mapped into memory."""
     with pa.memory_map(str(path)) as source:
         return pa.ipc.open_file(source).read_all()
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` while the block runs.
+
+    Raises RuntimeError naming the process that holds it. The operating system releases
+    the lock when the process ends, even by SIGKILL, so a stale lock file is harmless.
+    """
+    import fcntl
+
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            raise RuntimeError(
+                f"another process ({owner}) is working on {what}; wait for it to finish"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
