@@ -34,6 +34,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,8 @@ OUTPUT_SCHEMA = pa.schema(
 BLOCK_SIZE = 8 << 20  # bytes per block of the streaming reader
 # Files up to this size are parsed in one go, which pyarrow spreads over every core;
 # larger ones are streamed block by block, so memory does not grow with the file.
-WHOLE_FILE_BYTES = 32 << 20  # bytes per block of the streaming reader
+WHOLE_FILE_BYTES = 32 << 20
+EXTRACT_THREADS = 2  # files extracted at once  # bytes per block of the streaming reader
 TOLERANT_BATCH_ROWS = 50_000
 MAX_JOINED_LINES = 20  # lines one quoted value may span before its quote counts as stray
 MAX_FOLDED_FIELDS = 32  # extra fields folded into a name before a line counts as broken
@@ -772,27 +774,23 @@ def run_extract(source_dir: Path, out_dir: Path, *, strict: bool = False) -> dic
     results: list[FileResult] = []
     failed: list[dict[str, str]] = []
     wanted_outputs: set[str] = set()
-    progress = tqdm(csv_files, desc="extract", unit="file", disable=None)
-    for path in progress:
-        relative = display_name(path.relative_to(source_dir))
-        output = extracted_dir / output_name(path.relative_to(source_dir).as_posix())
-        wanted_outputs.add(output.name)
-        result = read_cached_result(output, fingerprint(path, relative))
-        if result is None:
-            try:
-                result = extract_file(path, relative, output)
-            except FileError as exc:
-                logger.error("%s", exc)
-                failed.append({"source_file": relative, "reason": str(exc)})
-                _remove_quietly(output)
+    progress = tqdm(total=len(csv_files), desc="extract", unit="file", disable=None)
+    # pyarrow parses and computes with the GIL released, so two files at a time keep
+    # both cores busy where one file alone leaves gaps between its steps.
+    with ThreadPoolExecutor(max_workers=EXTRACT_THREADS) as pool:
+        jobs = [
+            pool.submit(_extract_or_reuse, path, source_dir, extracted_dir) for path in csv_files
+        ]
+        for job in jobs:
+            relative, output_file, result, error = job.result()
+            wanted_outputs.add(output_file)
+            progress.update(1)
+            if error is not None:
+                failed.append({"source_file": relative, "reason": error})
                 continue
-            except OSError as exc:
-                logger.error("%s: %s", relative, exc)
-                failed.append({"source_file": relative, "reason": f"{relative}: {exc}"})
-                _remove_quietly(output)
-                continue
-        results.append(result)
-        progress.set_postfix(rows=sum(r.rows_written for r in results), refresh=False)
+            results.append(result)
+            progress.set_postfix(rows=sum(r.rows_written for r in results), refresh=False)
+    progress.close()
 
     removed = _remove_stale_outputs(extracted_dir, wanted_outputs)
     stats = summarise(results, skipped, failed, removed, time.monotonic() - started)
@@ -812,6 +810,27 @@ def run_extract(source_dir: Path, out_dir: Path, *, strict: bool = False) -> dic
     if strict and failed:
         raise FileError(f"{len(failed)} file(s) could not be extracted (see the log above)")
     return stats
+
+
+def _extract_or_reuse(
+    path: Path, source_dir: Path, extracted_dir: Path
+) -> tuple[str, str, FileResult | None, str | None]:
+    """Extract one file unless its output is current; return (name, output, result, error)."""
+    relative = display_name(path.relative_to(source_dir))
+    output = extracted_dir / output_name(path.relative_to(source_dir).as_posix())
+    result = read_cached_result(output, fingerprint(path, relative))
+    if result is not None:
+        return relative, output.name, result, None
+    try:
+        return relative, output.name, extract_file(path, relative, output), None
+    except FileError as exc:
+        logger.error("%s", exc)
+        _remove_quietly(output)
+        return relative, output.name, None, str(exc)
+    except OSError as exc:
+        logger.error("%s: %s", relative, exc)
+        _remove_quietly(output)
+        return relative, output.name, None, f"{relative}: {exc}"
 
 
 def check_folders(source_dir: Path, out_dir: Path) -> None:
