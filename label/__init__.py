@@ -1,1 +1,1 @@
-"""Label correction: find, review and apply label fixes (not built yet)."""
+"""Label correction: find likely label errors, review them in a web page, apply the decisions."""

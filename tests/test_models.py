@@ -67,6 +67,16 @@ def test_build_model_predicts_probabilities(name: str) -> None:
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_split_model_finds_backbone(name: str) -> None:
+    model = build_model(name, num_classes=CLASSES, image_size=SIZE, weights="none", seed=1)
+
+    parts = split_model(model)
+
+    assert parts.base.name.lower() == MODELS[name].backbone
+    assert parts.head is model.get_layer("head")
+
+
 def test_build_model_unknown_name_lists_names() -> None:
     with pytest.raises(ValueError, match="Unknown model name") as raised:
         build_model("resnet50", num_classes=CLASSES, image_size=SIZE, weights="none")

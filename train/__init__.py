@@ -1,1 +1,1 @@
-"""Training: tf.data pipelines and transfer-learning models (not built yet)."""
+"""Training: the image dataset, transfer-learning models, training, evaluation and comparison."""

@@ -31,6 +31,10 @@ name                 backbone    head
                                  Dense softmax
 ``vgg19_pool``       VGG19       as ``resnet50v2_pool``
 ``vgg19_dense``      VGG19       as ``resnet50v2_dense``
+``mobilenetv3_pool`` MobileNetV3 as ``resnet50v2_pool``; about 1M parameters, for
+                     Small       fast serving on a CPU. It needs ImageNet weights:
+                                 from random weights its features are about 1e-10
+                                 and the head cannot learn from them
 ==================== =========== =================================================
 """
 
@@ -89,6 +93,17 @@ BACKBONES: dict[str, Backbone] = {
             "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
         ),
     ),
+    # MobileNetV3 rescales its input inside the model, so its preprocess_input is the identity.
+    "mobilenetv3small": Backbone(
+        name="mobilenetv3small",
+        application=keras.applications.MobileNetV3Small,
+        preprocess_input=keras.applications.mobilenet_v3.preprocess_input,
+        notop_file="weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
+        notop_url=(
+            "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v3/"
+            "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"
+        ),
+    ),
 }
 
 HeadKind = Literal["pool", "dense"]
@@ -107,6 +122,7 @@ MODELS: dict[str, ModelSpec] = {
     "resnet50v2_dense": ModelSpec(backbone="resnet50v2", head="dense"),
     "vgg19_pool": ModelSpec(backbone="vgg19", head="pool"),
     "vgg19_dense": ModelSpec(backbone="vgg19", head="dense"),
+    "mobilenetv3_pool": ModelSpec(backbone="mobilenetv3small", head="pool"),
 }
 
 
@@ -121,7 +137,8 @@ class BackbonePreprocess(keras.layers.Layer):
         backbone: a key of ``BACKBONES``.
 
     Input: ``[batch, height, width, 3]`` RGB, any real dtype. Output: the same shape, float32,
-    scaled to -1..1 for ResNet50V2, BGR minus the ImageNet channel means for VGG19.
+    scaled to -1..1 for ResNet50V2, BGR minus the ImageNet channel means for VGG19, unchanged
+    for MobileNetV3Small (which rescales inside its own first layers).
     """
 
     def __init__(self, backbone: str, **kwargs: Any) -> None:
@@ -251,6 +268,12 @@ def build_model(
             f"Received: dropout={dropout}"
         )
     source = weights_source(weights)
+    if spec.backbone == "mobilenetv3small" and source == "none":
+        logger.warning(
+            "%s from random weights computes features of about 1e-10, which the head cannot "
+            "learn from; use ImageNet weights with it, or resnet50v2_pool for weights='none'",
+            name,
+        )
 
     # step 1: backbone, with ImageNet or backbone-file weights if asked for
     base = _load_base(BACKBONES[spec.backbone], image_size, weights, source)
@@ -333,7 +356,8 @@ def split_model(model: keras.Model) -> ModelParts:
     base = next(
         layer
         for layer in features.layers
-        if isinstance(layer, keras.Model) and layer.name in BACKBONES
+        # keras.applications names MobileNetV3Small's model "MobileNetV3Small".
+        if isinstance(layer, keras.Model) and layer.name.lower() in BACKBONES
     )
     return ModelParts(
         augmentation=augmentation, features=features, head=model.get_layer("head"), base=base
