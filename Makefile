@@ -31,6 +31,10 @@ FINE_TUNE_EPOCHS ?= 0
 BATCH_SIZE ?= 32
 RUN ?=
 RUNS_DIR ?= develop/artifacts/runs
+HOST ?= 127.0.0.1
+PORT ?= 8501
+MODEL_NAME ?= product_classifier
+IMAGE ?=
 TRAIN_ARGS ?=
 TENSORBOARD_PORT ?= 6006
 NEW_DATA_VERSION ?= v2
@@ -54,7 +58,7 @@ INSTALL_STAMP := $(VENV)/.installed-$(or $(subst $(space),-,$(strip $(EXTRAS))),
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: help install test test-fast lint format download extract merge relabel prepare
-.PHONY: validate fetch merge-shards train evaluate compare tensorboard
+.PHONY: validate fetch merge-shards train evaluate export serve serve-check compare tensorboard
 .PHONY: find-label-issues review apply-corrections demo clean
 
 help: ## List the targets and what each one does
@@ -149,6 +153,19 @@ train: install ## Train MODEL on PROCESSED_DIR; prints RUN=<run folder> (reruns 
 evaluate: install ## Score RUN's model on its test split (metrics, confusion matrix, mistakes)
 	@test -n "$(RUN)" || { echo "make evaluate needs RUN=<run folder>; see 'make compare'"; exit 2; }
 	$(PY) -m train.evaluate --run "$(RUN)"
+
+export: install ## Write RUN's SavedModel, TFLite files, labels and model card into RUN/export/
+	@test -n "$(RUN)" || { echo "make export needs RUN=<run folder>; see 'make compare'"; exit 2; }
+	$(PY) -m deploy.export --run "$(RUN)"
+
+serve: install ## Serve RUN's exported model on HOST:PORT with TF Serving's REST API (SIGTERM stops)
+	@test -n "$(RUN)" || { echo "make serve needs RUN=<run folder>; see 'make compare'"; exit 2; }
+	$(PY) -m deploy.serve --run "$(RUN)" --host "$(HOST)" --port $(PORT) \
+		--model-name "$(MODEL_NAME)"
+
+serve-check: install ## Start the server for RUN, send IMAGE (default a test image), check, stop
+	@test -n "$(RUN)" || { echo "make serve-check needs RUN=<run folder>; see 'make compare'"; exit 2; }
+	$(PY) -m deploy.smoke --run "$(RUN)" $(if $(IMAGE),--image "$(IMAGE)")
 
 compare: install ## Print a table of every run under RUNS_DIR, side by side
 	$(PY) -m train.compare --runs-dir "$(RUNS_DIR)"

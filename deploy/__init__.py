@@ -1,1 +1,1 @@
-"""Deployment: model export and the prediction server (not built yet)."""
+"""Deployment: export (``make export``), the prediction server (``make serve``), its smoke test."""
