@@ -15,6 +15,12 @@ PROCESSED_DIR ?= data/processed/$(DATA_VERSION)
 MAPPING ?= data/category_mapping.toml
 UNKNOWN_LABEL ?=
 KAGGLE_DATASET ?= lokeshparab/amazon-products-dataset
+KAGGLE_PUSH_ID ?=
+KAGGLE_TITLE ?=
+KAGGLE_LICENSE ?=
+KAGGLE_STAGING_DIR ?=
+DRY_RUN ?=
+PUBLIC ?=
 IMAGE_SIZE ?=
 RESIZE_MODE ?= keep-ratio
 CONCURRENCY ?= 64
@@ -35,6 +41,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8501
 MODEL_NAME ?= product_classifier
 IMAGE ?=
+REPORT_DIR ?= develop/artifacts/report
 TRAIN_ARGS ?=
 TENSORBOARD_PORT ?= 6006
 NEW_DATA_VERSION ?= v2
@@ -57,9 +64,9 @@ INSTALL_STAMP := $(VENV)/.installed-$(or $(subst $(space),-,$(strip $(EXTRAS))),
 # Quiet TensorFlow's start-up banner in every stage; errors still print.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help install test test-fast lint format download extract merge relabel prepare
+.PHONY: help install test test-fast lint format download kaggle-push extract merge relabel prepare
 .PHONY: validate fetch merge-shards train evaluate export serve serve-check compare tensorboard
-.PHONY: find-label-issues review apply-corrections demo clean
+.PHONY: find-label-issues review apply-corrections report demo clean
 
 help: ## List the targets and what each one does
 	@echo "Usage: make <target> [VARIABLE=value ...]"
@@ -110,6 +117,16 @@ test-fast: install ## Run the tests without the slow end-to-end ones
 
 download: install ## Fetch the Kaggle dataset into RAW_DIR with the Kaggle API
 	$(PY) -m data.scripts.download --dataset "$(KAGGLE_DATASET)" --out-dir "$(RAW_DIR)"
+
+KAGGLE_PUSH_ARGS = $(if $(KAGGLE_PUSH_ID),--dataset-id "$(KAGGLE_PUSH_ID)") \
+	$(if $(KAGGLE_TITLE),--title "$(KAGGLE_TITLE)") \
+	$(if $(KAGGLE_LICENSE),--license "$(KAGGLE_LICENSE)") \
+	$(if $(KAGGLE_STAGING_DIR),--staging-dir "$(KAGGLE_STAGING_DIR)") \
+	$(if $(filter 1 yes true,$(DRY_RUN)),--dry-run) $(if $(filter 1 yes true,$(PUBLIC)),--public)
+
+kaggle-push: install ## Publish PROCESSED_DIR's images to Kaggle as KAGGLE_PUSH_ID (DRY_RUN=1: list only)
+	$(PY) -m data.scripts.kaggle_push --processed-dir "$(PROCESSED_DIR)" \
+		--data-version "$(DATA_VERSION)" $(strip $(KAGGLE_PUSH_ARGS))
 
 extract: install ## Keep categories, image URL and origin of every CSV row under RAW_DIR
 	$(PY) -m data.scripts.extract --raw-dir "$(RAW_DIR)" --out-dir "$(PROCESSED_DIR)"
@@ -187,6 +204,13 @@ review: install ## Review the candidates in a web page on 127.0.0.1:REVIEW_PORT 
 apply-corrections: install ## Write data/processed/NEW_DATA_VERSION from DATA_VERSION and the review
 	$(PY) -m label.apply --processed-dir "$(PROCESSED_DIR)" \
 		--decisions "$(REVIEW_DIR)/decisions.jsonl" --out "data/processed/$(NEW_DATA_VERSION)"
+
+# ---- report ----
+
+report: install ## Draw what every stage wrote so far: PNGs and one self-contained REPORT_DIR/index.html
+	$(PY) -m visualise.report --processed-dir "$(PROCESSED_DIR)" --runs-dir "$(RUNS_DIR)" \
+		$(if $(RUN),--run "$(RUN)") --review-dir "$(REVIEW_DIR)" \
+		--applied-dir "data/processed/$(NEW_DATA_VERSION)" --out "$(REPORT_DIR)"
 
 demo: install ## Run the whole pipeline on a generated catalogue (not built yet)
 	@echo "make demo: the end-to-end demo on a generated catalogue is not built yet."

@@ -1,1 +1,1 @@
-"""Plots and the HTML report (not built yet)."""
+"""Plots of every pipeline stage and the HTML report that embeds them (``make report``)."""

@@ -17,6 +17,8 @@ matplotlib.use("Agg")  # files only; a headless VM has no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from visualise.style import configure_fonts  # noqa: E402
+
 
 def confusion_matrix_png(
     matrix: np.ndarray, class_names: list[str], title: str = "Confusion matrix"
@@ -33,6 +35,7 @@ def confusion_matrix_png(
             f"received shape {matrix.shape}"
         )
 
+    configure_fonts()  # class names in CJK scripts need a fallback font
     totals = matrix.sum(axis=1, keepdims=True)
     shares = np.divide(matrix, totals, out=np.zeros(matrix.shape, float), where=totals > 0)
     side = max(4.0, 0.9 * count + 2.0)
@@ -45,6 +48,7 @@ def confusion_matrix_png(
     axes.set_xlabel("predicted label")
     axes.set_ylabel("true label")
     axes.set_title(title)
+    axes.grid(False)  # grid lines would cross the cells
     for row in range(count):
         for column in range(count):
             colour = "white" if shares[row, column] > 0.5 else "black"
