@@ -47,6 +47,7 @@ TENSORBOARD_PORT ?= 6006
 NEW_DATA_VERSION ?= v2
 REVIEW_DIR ?= label/reviews/$(DATA_VERSION)
 REVIEW_PORT ?= 8765
+DEMO_PORT ?= 8770
 FOLDS ?= 5
 EXTRAS ?=
 PYTEST_ARGS ?=
@@ -66,7 +67,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: help install test test-fast lint format download kaggle-push extract merge relabel prepare
 .PHONY: validate fetch merge-shards train evaluate export serve serve-check compare tensorboard
-.PHONY: find-label-issues review apply-corrections report demo clean
+.PHONY: find-label-issues review apply-corrections report all demo clean
 
 help: ## List the targets and what each one does
 	@echo "Usage: make <target> [VARIABLE=value ...]"
@@ -212,9 +213,18 @@ report: install ## Draw what every stage wrote so far: PNGs and one self-contain
 		$(if $(RUN),--run "$(RUN)") --review-dir "$(REVIEW_DIR)" \
 		--applied-dir "data/processed/$(NEW_DATA_VERSION)" --out "$(REPORT_DIR)"
 
-demo: install ## Run the whole pipeline on a generated catalogue (not built yet)
-	@echo "make demo: the end-to-end demo on a generated catalogue is not built yet."
-	@echo "Run 'make prepare RAW_DIR=<folder of Amazon Products CSV files>' for the data stages."
+# ---- the whole chain ----
+
+# The variables `make all` hands to every stage; a change to one reruns the stages it feeds.
+ALL_VARIABLES := DATA_VERSION RAW_DIR PROCESSED_DIR MAPPING UNKNOWN_LABEL KAGGLE_DATASET \
+	IMAGE_SIZE RESIZE_MODE CONCURRENCY PER_HOST FETCH_ARGS MODEL WEIGHTS EPOCHS \
+	FINE_TUNE_EPOCHS BATCH_SIZE RUNS_DIR TRAIN_ARGS REVIEW_DIR FOLDS REPORT_DIR
+
+all: install ## Every stage on the real dataset, download to report; reruns skip finished stages
+	$(PY) -m data.scripts.pipeline $(foreach name,$(ALL_VARIABLES),"$(name)=$($(name))")
+
+demo: install ## Run every stage on a generated catalogue served on 127.0.0.1:DEMO_PORT
+	$(PY) -m data.scripts.demo --port $(DEMO_PORT)
 
 clean: ## Remove processed data of DATA_VERSION (raw downloads are kept)
 	rm -rf "$(PROCESSED_DIR)"
