@@ -773,6 +773,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         logger.error("export: %s", exc)
         return 2
+    except KeyboardInterrupt:
+        logger.error("export: interrupted; the previous export/ is unchanged. Run it again")
+        return 130
     return 0
 
 

@@ -71,6 +71,7 @@ _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+=-]{0,127}")
 _LOGGED_PATH_CHARS = 200
 _LOGGED_ERROR_CHARS = 300
 CLEANUP_TIMEOUT = 1.0  # seconds aiohttp's own shutdown waits after _drain
+BODY_TIMEOUT_S = 60.0  # seconds a request body may take to arrive
 WARM_UP_SIDE = 64  # pixels of the grey image that warms the model up
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -398,6 +399,10 @@ async def _respond(request: web.Request, handler: Handler) -> web.StreamResponse
         status, message, headers = 503, str(error), {"Retry-After": "1"}
     except web.HTTPException as error:
         status, message, headers = _http_error(request, error)
+    except ClientGone:
+        # nginx's code for "client closed request": not a server error, and no answer
+        # reaches the client anyway.
+        status, message = 499, "The client closed the connection before sending the whole body"
     except Exception:
         logger.exception("request %s failed inside the server", request[REQUEST_ID])
         status = 500
@@ -443,6 +448,27 @@ class ModelUnavailable(Exception):
     """The model is not loaded yet, failed to load, or the server is stopping (503)."""
 
 
+class ClientGone(Exception):
+    """The client closed the connection before its request body arrived (logged as 499)."""
+
+
+async def _receive(request: web.Request, reading: Awaitable[Any]) -> Any:
+    """Await a body read within ``BODY_TIMEOUT_S``; a stalled or dropped client raises.
+
+    Without the bound, a client that sends its body a byte at a time holds a connection
+    for as long as it likes.
+    """
+    try:
+        return await asyncio.wait_for(reading, BODY_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        raise RequestError(
+            408,
+            f"The request body did not arrive within {BODY_TIMEOUT_S:g} s; send it in one go",
+        ) from None
+    except ConnectionResetError:
+        raise ClientGone() from None
+
+
 async def _read_body(request: web.Request) -> bytes:
     """Read the body; a declared or actual size over the limit raises before it is stored."""
     limits = request.app[STATE].settings.limits
@@ -450,7 +476,7 @@ async def _read_body(request: web.Request) -> bytes:
     if length is not None and length > limits.max_body_bytes:
         raise RequestError(413, _too_large_message(limits, length))
     try:
-        return await request.read()
+        return await _receive(request, request.read())
     except web.HTTPRequestEntityTooLarge:
         raise RequestError(413, _too_large_message(limits, None)) from None
 
@@ -610,7 +636,7 @@ async def _read_form_file(request: web.Request) -> bytes:
     if length is not None and length > limits.max_body_bytes:
         raise RequestError(413, _too_large_message(limits, length))
     try:
-        form = await request.post()
+        form = await _receive(request, request.post())
     except web.HTTPRequestEntityTooLarge:
         raise RequestError(413, _too_large_message(limits, None)) from None
     except ValueError as error:
@@ -738,7 +764,9 @@ async def _load(state: ServerState, executor: ThreadPoolExecutor) -> None:
         model = await loop.run_in_executor(executor, state.load)
         await loop.run_in_executor(executor, warm_up, model, state.settings.max_batch_size)
     except Exception as error:  # any load failure ends the server with a clear log line
-        logger.exception("failed to load the model")
+        logger.exception(
+            "failed to load the model; if the export is damaged, run make export RUN=... again"
+        )
         state.phase, state.error = "failed", f"{type(error).__name__}: {error}"
         state.failed.set()
         return

@@ -41,7 +41,7 @@ STOP_TIMEOUT_S = 60.0
 
 
 class SmokeTestError(RuntimeError):
-    """The server did not start, answered wrongly, or did not stop cleanly."""
+    """The server did not start, returned a wrong response, or did not stop cleanly."""
 
 
 def free_port() -> int:
@@ -67,7 +67,7 @@ def first_test_image(run: Path) -> Path:
 
 
 def request_json(url: str, body: bytes | None = None, content_type: str = "") -> Any:
-    """Send a GET (no body) or POST and return the decoded JSON answer."""
+    """Send a GET (no body) or POST and return the decoded JSON response."""
     request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
     if content_type:
         request.add_header("Content-Type", content_type)
@@ -76,7 +76,7 @@ def request_json(url: str, body: bytes | None = None, content_type: str = "") ->
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode("utf-8", "replace")[:500]
-        raise SmokeTestError(f"{url} answered HTTP {exc.code}: {detail}") from exc
+        raise SmokeTestError(f"{url} returned HTTP {exc.code}: {detail}") from exc
 
 
 def wait_until_ready(base_url: str, server: subprocess.Popen) -> float:
@@ -110,8 +110,8 @@ def check_answers(base_url: str, image: bytes) -> dict[str, Any]:
     top = max(probabilities, key=probabilities.get)
     if top != upload["top_class"] or abs(probabilities[top] - upload["probability"]) > 1e-5:
         raise SmokeTestError(
-            f"the endpoints disagree: /predict says {upload['top_class']} "
-            f"({upload['probability']:.6f}), :predict says {top} ({probabilities[top]:.6f})"
+            f"the endpoints disagree: /predict returned {upload['top_class']} "
+            f"({upload['probability']:.6f}), :predict returned {top} ({probabilities[top]:.6f})"
         )
     return upload
 
@@ -132,6 +132,8 @@ def stop_server(server: subprocess.Popen) -> int:
 def smoke_test(run: Path, image_path: Path | None = None) -> dict[str, Any]:
     """Serve ``run``'s export, send one image and stop the server; return the answer."""
     image_path = image_path or first_test_image(run)
+    if not image_path.is_file():
+        raise SmokeTestError(f"image {image_path} not found; pass an image file with IMAGE=...")
     image = image_path.read_bytes()
     port = free_port()
     base_url = f"http://{HOST}:{port}"
@@ -183,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SmokeTestError, OSError) as exc:
         logger.error("smoke test failed: %s", exc)
         return 1
+    except KeyboardInterrupt:
+        logger.error("smoke test interrupted; the server was stopped")
+        return 130
     print(f"PREDICTION={answer['top_class']}")
     print(f"PROBABILITY={answer['probability']:.6f}")
     return 0

@@ -43,6 +43,14 @@ def variables(tmp_path: Path, **changes: str) -> dict[str, str]:
         REVIEW_DIR=str(tmp_path / "review"),
         REPORT_DIR=str(tmp_path / "report"),
         EPOCHS="10",
+        FINE_TUNE_EPOCHS="0",
+        BATCH_SIZE="32",
+        CONCURRENCY="64",
+        PER_HOST="16",
+        FOLDS="5",
+        MODEL="resnet50v2_pool",
+        WEIGHTS="imagenet",
+        RESIZE_MODE="keep-ratio",
     )
     (tmp_path / "processed").mkdir(exist_ok=True)
     (tmp_path / "processed" / "manifest.parquet").write_text("manifest one")
@@ -131,3 +139,53 @@ def test_all_failing_stage_stops_chain(tmp_path, fake_make, monkeypatch):
 def test_all_command_line_needs_every_variable():
     assert pipeline.main(["DATA_VERSION=v1"]) == 2
     assert pipeline.main(["not a variable"]) == 2
+
+
+def test_all_changed_concurrency_skips_training(tmp_path, fake_make):
+    state = tmp_path / "state"
+    pipeline.run_all(variables(tmp_path), make=str(fake_make), state_dir=state)
+    calls(tmp_path)
+
+    pipeline.run_all(variables(tmp_path, CONCURRENCY="8"), make=str(fake_make), state_dir=state)
+
+    ran = calls(tmp_path)
+    assert "fetch" in ran
+    assert "train" not in ran
+    assert "find-label-issues" not in ran
+
+
+def test_all_epochs_change_skips_label_issues(tmp_path, fake_make):
+    state = tmp_path / "state"
+    pipeline.run_all(variables(tmp_path), make=str(fake_make), state_dir=state)
+    calls(tmp_path)
+
+    pipeline.run_all(variables(tmp_path, EPOCHS="20"), make=str(fake_make), state_dir=state)
+
+    ran = calls(tmp_path)
+    assert "train" in ran
+    assert "find-label-issues" not in ran
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MODEL", "resnet51"),
+        ("EPOCHS", "-1"),
+        ("EPOCHS", "abc"),
+        ("IMAGE_SIZE", "abc"),
+        ("IMAGE_SIZE", "16"),
+        ("FOLDS", "1"),
+        ("WEIGHTS", "/no/such/file.h5"),
+        ("RESIZE_MODE", "stretch"),
+        ("CONCURRENCY", "0"),
+    ],
+)
+def test_all_invalid_setting_stops_before_work(tmp_path, fake_make, name, value):
+    with pytest.raises(ValueError, match=f"{name}={value!r}"):
+        pipeline.run_all(
+            variables(tmp_path, **{name: value}),
+            make=str(fake_make),
+            state_dir=tmp_path / "state",
+        )
+
+    assert not (tmp_path / "calls.txt").exists()

@@ -658,3 +658,31 @@ def test_applied_version_of_other_data_ignored(tmp_path):
     assert not applied_from(applied, ours)
     assert applied_from(applied, other)
     assert not applied_from(tmp_path / "missing", ours)
+
+
+def run_notebook(processed: Path, out: Path) -> list[object]:
+    """Run the EDA notebook's code cells in an IPython shell on ``processed``; return results."""
+    import nbformat
+    from IPython.core.interactiveshell import InteractiveShell
+
+    notebook = nbformat.read(REPO_ROOT / "develop" / "notebooks" / "eda.ipynb", as_version=4)
+    shell = InteractiveShell.instance()
+    results = []
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        assert not cell.outputs, "the committed notebook must have its outputs stripped"
+        source = cell.source.replace('processed_dir("v1")', f"Path({str(processed)!r})")
+        source = re.sub(r"^OUT = .*$", f"OUT = Path({str(out)!r})", source, flags=re.M)
+        result = shell.run_cell(source, store_history=False)
+        assert result.success, f"cell failed: {source[:200]}\n{result.error_in_exec!r}"
+        results.append(result.result)
+    return results
+
+
+def test_notebook_runs_on_prepared_data(prepared, tmp_path):
+    results = run_notebook(prepared, tmp_path / "eda")
+
+    assert results[0] == prepared
+    assert (tmp_path / "eda" / "preparation_flow.png").exists()
+    assert (tmp_path / "eda" / "categories_and_labels.png").exists()

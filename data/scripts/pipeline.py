@@ -53,6 +53,8 @@ class Step:
     outputs: tuple[str, ...] = ()
     inputs: tuple[str, ...] = ()
     shows: tuple[tuple[str, str], ...] = ()
+    # The Make variables the skip check compares, besides ``variables``; None compares all.
+    uses: tuple[str, ...] | None = None
 
 
 class StepFailed(RuntimeError):
@@ -87,6 +89,12 @@ def file_digest(path: Path) -> str | None:
 
 def step_fingerprint(step: Step, context: Mapping[str, str], variables: Mapping[str, str]) -> str:
     """Digest of a step's variables and the bytes of its inputs."""
+    if step.uses is not None:
+        variables = {
+            name: value
+            for name, value in variables.items()
+            if name in step.uses or name in step.variables
+        }
     parts: dict[str, Any] = {"variables": dict(variables)}
     for template in step.inputs:
         path = Path(fill(template, context, step))
@@ -238,6 +246,27 @@ ALL_VARIABLES = (
     "REPORT_DIR",
 )
 
+# What train and find-label-issues read, so that a change to CONCURRENCY reruns neither.
+TRAIN_VARIABLES = (
+    "PROCESSED_DIR",
+    "MODEL",
+    "WEIGHTS",
+    "IMAGE_SIZE",
+    "EPOCHS",
+    "FINE_TUNE_EPOCHS",
+    "BATCH_SIZE",
+    "RUNS_DIR",
+    "TRAIN_ARGS",
+)
+LABEL_ISSUE_VARIABLES = (
+    "PROCESSED_DIR",
+    "MODEL",
+    "WEIGHTS",
+    "IMAGE_SIZE",
+    "FOLDS",
+    "BATCH_SIZE",
+    "REVIEW_DIR",
+)
 ALL_STEPS: tuple[Step, ...] = (
     Step("download", "download"),
     Step("extract", "extract"),
@@ -249,6 +278,7 @@ ALL_STEPS: tuple[Step, ...] = (
         outputs=("{run}/model.keras",),
         inputs=("{processed_dir}/manifest.parquet",),
         shows=(("run folder", "{run}"),),
+        uses=TRAIN_VARIABLES,
     ),
     Step(
         "evaluate",
@@ -257,6 +287,7 @@ ALL_STEPS: tuple[Step, ...] = (
         outputs=("{run}/evaluation/metrics.json",),
         inputs=("{run}/model.keras", "{run}/splits.csv"),
         shows=(("evaluation", "{run}/evaluation"),),
+        uses=(),
     ),
     Step(
         "find-label-issues",
@@ -264,6 +295,7 @@ ALL_STEPS: tuple[Step, ...] = (
         outputs=("{review_dir}/candidates.csv",),
         inputs=("{processed_dir}/manifest.parquet",),
         shows=(("label issues", "{review_dir}/candidates.csv"),),
+        uses=LABEL_ISSUE_VARIABLES,
     ),
     Step(
         "export",
@@ -272,6 +304,7 @@ ALL_STEPS: tuple[Step, ...] = (
         outputs=("{run}/export/export.json",),
         inputs=("{run}/model.keras",),
         shows=(("exported model", "{run}/export"),),
+        uses=(),
     ),
     Step(
         "serve",
@@ -286,6 +319,38 @@ ALL_STEPS: tuple[Step, ...] = (
         shows=(("report", "{report_dir}/index.html"),),
     ),
 )
+
+
+def check_settings(variables: Mapping[str, str]) -> None:
+    """Raise ValueError naming every invalid Make variable, before any stage runs.
+
+    The stages check their own options too, but only when they start: a typo in EPOCHS
+    would otherwise surface after hours of fetching.
+    """
+    from data.scripts.images import RESIZE_MODES
+    from train.models import MODELS
+
+    problems = []
+    minimums = {"EPOCHS": 1, "BATCH_SIZE": 1, "CONCURRENCY": 1, "PER_HOST": 1, "FOLDS": 2}
+    minimums["FINE_TUNE_EPOCHS"] = 0
+    for name, minimum in minimums.items():
+        value = variables[name]
+        if not value.isdigit() or int(value) < minimum:
+            problems.append(f"{name}={value!r} must be a whole number of at least {minimum}")
+    size = variables["IMAGE_SIZE"]
+    if size and (not size.isdigit() or int(size) < 32):
+        problems.append(f"IMAGE_SIZE={size!r} must be empty or a whole number of at least 32")
+    if variables["MODEL"] not in MODELS:
+        problems.append(f"MODEL={variables['MODEL']!r} must be one of {', '.join(MODELS)}")
+    weights = variables["WEIGHTS"]
+    if weights not in ("imagenet", "none") and not Path(weights).is_file():
+        problems.append(f"WEIGHTS={weights!r} must be imagenet, none or an existing file")
+    if variables["RESIZE_MODE"] not in RESIZE_MODES:
+        problems.append(
+            f"RESIZE_MODE={variables['RESIZE_MODE']!r} must be one of {', '.join(RESIZE_MODES)}"
+        )
+    if problems:
+        raise ValueError("invalid settings, nothing was run: " + "; ".join(problems))
 
 
 def downloaded_elsewhere(raw_dir: Path) -> int:
@@ -319,6 +384,7 @@ def run_all(
     ``state_dir`` (default ``develop/artifacts/pipeline/<DATA_VERSION>``) keeps
     ``state.json`` for the skip check and ``summary.json``.
     """
+    check_settings(variables)
     started = time.perf_counter()
     context = {
         "raw_dir": variables["RAW_DIR"],

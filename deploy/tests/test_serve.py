@@ -35,6 +35,7 @@ import tensorflow as tf
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from deploy import serve
 from deploy.export import export_saved_model
 from deploy.inputs import Limits, clip
 from deploy.serve import (
@@ -959,6 +960,46 @@ def test_metrics_count_requests_and_images(exported):
     assert metric(text, "serve_batch_duration_seconds_count") >= 1
     assert metric(text, "serve_queue_images") == 0
     assert "# TYPE serve_batch_size histogram" in text
+
+
+def test_client_gone_mid_body_not_counted_as_error(exported, caplog):
+    async def scenario(client):
+        host, port = client.server.host, client.server.port
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(
+                b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
+                b"Content-Type: application/octet-stream\r\n\r\n" + b"x" * 10
+            )
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+        await until(lambda: caplog.text.count("-> 499") == 3)
+        return await metrics_text(client)
+
+    with caplog.at_level("INFO", logger="deploy.serve"):
+        text = run_server(exported, scenario)
+
+    assert metric(text, "serve_requests_total", endpoint="/predict", status="499") == 3
+    assert metric(text, "serve_requests_total", endpoint="/predict", status="500") == 0
+    assert "Traceback" not in caplog.text
+
+
+def test_stalled_body_times_out(exported, monkeypatch):
+    monkeypatch.setattr(serve, "BODY_TIMEOUT_S", 0.5)
+    release = asyncio.Event()
+
+    async def scenario(client):
+        response = await client.post(
+            PREDICT, data=held_body({"instances": []}, release), chunked=True
+        )
+        release.set()
+        return response.status, await response.json()
+
+    status, answer = run_server(exported, scenario)
+
+    assert status == 408
+    assert "did not arrive within 0.5 s" in answer["error"]
 
 
 # ---- real sample images ----
