@@ -224,7 +224,7 @@ all: install ## Every stage on the real dataset, download to report; reruns skip
 	$(PY) -m data.scripts.pipeline $(foreach name,$(ALL_VARIABLES),"$(name)=$($(name))")
 
 demo: install ## Run every stage on a generated catalogue served on 127.0.0.1:DEMO_PORT
-	$(PY) -m data.scripts.demo --port $(DEMO_PORT)
+	$(PY) -m data.scripts.demo --port "$(DEMO_PORT)"
 
 clean: ## Remove processed data of DATA_VERSION (raw downloads are kept)
 	rm -rf "$(PROCESSED_DIR)"
