@@ -13,6 +13,7 @@ import pytest
 
 from data.scripts import extract
 from data.scripts.common import read_arrow
+from data.scripts.urls import url_key
 from tests.helpers import (
     ALL_ELECTRONICS,
     HEADER,
@@ -57,29 +58,40 @@ def test_extract_keeps_columns_and_origin(tmp_path):
     assert stats["files_read_line_by_line"] == []
 
 
-def test_extract_parses_prices_and_counts(tmp_path):
-    frame, _ = extract_one(tmp_path, [product_row()])
-
-    assert frame["ratings"].iloc[0] == 4.2
-    assert frame["no_of_ratings"].iloc[0] == 2255
-    assert frame["discount_price"].iloc[0] == 32999
-    assert frame["actual_price"].iloc[0] == 58990
-
-
-def test_extract_junk_numbers_become_null(tmp_path):
+def test_extract_ignores_price_junk(tmp_path):
     lines = [
         product_row(ratings="Get", no_of_ratings="FREE Delivery by Amazon"),
         product_row(ratings="", no_of_ratings="", discount_price="₹68.99"),
-        product_row(ratings="4.0", no_of_ratings="24.0"),
+        product_row(ratings="₹68.99", no_of_ratings="24.0", actual_price='"₹32,999"'),
+        product_row(discount_price="", actual_price=""),
     ]
     frame, stats = extract_one(tmp_path, lines)
 
-    assert frame["ratings"].isna().tolist() == [True, True, False]
-    assert frame["no_of_ratings"].isna().tolist() == [True, True, False]
-    assert frame["discount_price"].iloc[1] == pytest.approx(68.99)
-    assert frame["no_of_ratings"].iloc[2] == 24
-    assert stats["counters"]["ratings_junk_values"] == 1
-    assert stats["counters"]["no_of_ratings_junk_values"] == 1
+    # Ratings and prices are not kept; junk in them neither drops nor shifts a row.
+    assert not {"ratings", "no_of_ratings", "discount_price", "actual_price"} & set(frame.columns)
+    assert stats["rows_written"] == 4
+    assert stats["files_read_line_by_line"] == []
+    assert frame["source_row"].tolist() == [0, 1, 2, 3]
+    assert frame["main_category"].tolist() == ["appliances"] * 4
+    assert frame["url_drop_reason"].isna().all()
+
+
+def test_extract_normalises_and_hashes_urls(tmp_path):
+    lines = [
+        product_row(image=" https://Example.com:443/a b.jpg "),
+        product_row(image="https://example.com/a%20b.jpg"),
+        product_row(image="images/relative.jpg"),
+        product_row(image=""),
+    ]
+    frame, stats = extract_one(tmp_path, lines)
+
+    canonical = "https://example.com/a%20b.jpg"
+    assert frame["image_url"].tolist() == [canonical, canonical, "images/relative.jpg", ""]
+    assert frame["url_drop_reason"].isna().tolist() == [True, True, False, False]
+    assert frame["url_drop_reason"].tolist()[2:] == ["relative_url", "missing_url"]
+    key = int(url_key(canonical), 16)
+    assert frame["key_hash"].tolist() == [key, key, 0, 0]
+    assert stats["counters"]["urls_rewritten"] == 1
 
 
 def test_extract_normalises_category_case_and_spaces(tmp_path):
@@ -387,11 +399,11 @@ def test_extract_real_file_with_junk_ratings(tmp_path):
     source = pd.read_csv(ALL_ELECTRONICS, dtype=str, keep_default_na=False)
 
     assert stats["rows_written"] == 9_600
-    assert stats["counters"]["ratings_junk_values"] == 24
     assert frame["image_url"].tolist() == source["image"].str.strip().tolist()
     assert frame["source_row"].tolist() == list(range(9_600))
     junk = source.index[source["ratings"] == "Get"]
-    assert frame.loc[junk, "ratings"].isna().all()
+    assert len(junk) == 24
+    assert frame.loc[junk, "name"].tolist() == source.loc[junk, "name"].tolist()
 
 
 @requires_samples(TRIMMED_SAMPLES)

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from data.scripts import extract, merge
-from data.scripts.common import read_arrow
+from data.scripts.common import read_arrow, write_arrow
 from data.scripts.relabel import MappingError
 from tests.helpers import TRIMMED_SAMPLES, product_row, requires_samples, write_csv
 
@@ -145,7 +145,8 @@ def test_merge_normalises_urls_before_dedupe(tmp_path):
     stats = merge.run_merge(out)
 
     assert merged_frame(out)["image_url"].tolist() == ["https://example.com/a%20b.jpg"]
-    assert stats["urls_rewritten"] == 1
+    extract_stats = json.loads((out / "stats" / "extract.json").read_text(encoding="utf-8"))
+    assert extract_stats["counters"]["urls_rewritten"] == 1
     assert stats["duplicate_rows_dropped"] == 1
 
 
@@ -225,7 +226,37 @@ def test_merge_prefers_category_file_over_merged_file(tmp_path):
 
 
 def test_merge_key_collision_detected():
-    urls = pa.chunked_array([pa.array(["https://a/1", "https://a/2"])])
+    urls = pa.chunked_array([pa.array(["https://a/1"]), pa.array(["https://a/2"])])
 
     with pytest.raises(RuntimeError, match="share a key"):
-        merge._check_no_collisions(urls, np.array([0]), np.array([0, 0]), np.array([2]))
+        merge._check_no_collisions(urls, np.array([True, True]), np.array([2]))
+
+
+def test_deduplicate_key_collision():
+    table = pa.table(
+        {
+            "source_file": ["A.csv", "A.csv", "A.csv"],
+            "main_category": ["music", "music", "music"],
+            "image_url": ["https://a/1", "https://a/2", "https://a/1"],
+            "key_hash": pa.array([7, 7, 7], pa.uint64()),
+        }
+    )
+
+    with pytest.raises(RuntimeError, match="share a key"):
+        merge.deduplicate(table)
+    fixed = table.set_column(3, "key_hash", pa.array([7, 8, 7], pa.uint64()))
+    kept, counts = merge.deduplicate(fixed)
+    assert kept.column("image_url").to_pylist() == ["https://a/1", "https://a/2"]
+    assert kept.column("duplicate_count").to_pylist() == [1, 0]
+    assert counts["duplicate_rows_dropped"] == 1
+
+
+def test_merge_rejects_old_extracted_files(tmp_path):
+    out = prepare(tmp_path, {"A.csv": [product_row()]})
+    path = next((out / "extracted").glob("*.arrow"))
+    old = read_arrow(path).drop_columns(["url_drop_reason", "key_hash"])
+    write_arrow(path, old)
+
+    with pytest.raises(ValueError, match="make extract"):
+        merge.run_merge(out)
+    assert merge.main(["--processed-dir", str(out)]) == 1

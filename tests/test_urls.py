@@ -14,8 +14,11 @@ from data.scripts.urls import (
     RELATIVE_URL,
     UNSUPPORTED_SCHEME,
     InvalidURL,
+    hex_keys,
+    key_numbers,
     normalise_url,
     normalise_url_array,
+    url_key,
 )
 from tests.helpers import TRIMMED_SAMPLES, requires_samples
 
@@ -103,6 +106,29 @@ def test_normalise_array_reports_reasons_and_rewrites():
     assert urls.to_pylist() == [AMAZON, None, None, "https://a.com/x.jpg", None]
     assert reasons.to_pylist() == [None, MISSING_URL, RELATIVE_URL, None, UNSUPPORTED_SCHEME]
     assert rewritten == 1
+
+
+def test_key_numbers_match_url_key():
+    urls = [AMAZON, "https://a.com/x%C3%A9.jpg", "https://b.com/" + "p" * 300, "https://c.com/"]
+
+    numbers = key_numbers(pa.array([*urls, None]))
+
+    assert [f"{number:016x}" for number in numbers[:-1]] == [url_key(url) for url in urls]
+    assert numbers[-1] == 0
+    assert hex_keys(numbers[:-1]).to_pylist() == [url_key(url) for url in urls]
+    # A key keeps its leading zeros.
+    assert hex_keys([1]).to_pylist() == ["0000000000000001"]
+    assert url_key(AMAZON) == "cbfa75d1cc7c0bf4"  # keys must never change
+
+
+def test_normalise_array_fixes_in_place():
+    values = pa.array(["  " + AMAZON, "HTTP://A.COM/x", AMAZON, "", "//b.com/y"])
+
+    urls, reasons, rewritten = normalise_url_array(values)
+
+    assert urls.to_pylist() == [AMAZON, "http://a.com/x", AMAZON, None, "https://b.com/y"]
+    assert reasons.to_pylist() == [None, None, None, MISSING_URL, None]
+    assert rewritten == 2
 
 
 @requires_samples(TRIMMED_SAMPLES)

@@ -7,10 +7,16 @@ memory without a copy) with one row per product row:
 * ``source_file`` (path relative to the raw folder), ``source_row`` (0-based data row,
   what ``pandas.read_csv`` would give as the index for a well-formed file) and
   ``source_line`` (1-based line in the file where the row starts);
-* ``main_category`` (trimmed, single-spaced, lower case), ``sub_category`` (trimmed,
-  single-spaced), ``image_url`` (trimmed, otherwise as written) and ``name``;
-* ``ratings``, ``no_of_ratings``, ``discount_price``, ``actual_price`` as numbers, with
-  currency signs and thousands separators removed; junk such as ``Get`` becomes null.
+* ``name``, ``main_category`` (trimmed, single-spaced, lower case) and ``sub_category``
+  (trimmed, single-spaced);
+* ``image_url``: the canonical form of the URL (see ``data.scripts.urls``), or the
+  trimmed text as written when it cannot be used, in which case ``url_drop_reason``
+  says why; ``key_hash``, the 64-bit number the merge stage writes as the row's key.
+
+The ratings and price columns are not kept: no later stage reads them, and each row
+keeps its source file and row to look them up. URL normalisation and hashing are done
+here, once per file, so that they run on every core and a rerun only repeats them for
+files that changed.
 
 Files are read in blocks with pyarrow's streaming CSV reader, so memory does not grow
 with file size. A file that pyarrow cannot read exactly as written (a row with too many
@@ -39,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -59,15 +66,16 @@ from data.scripts.text import (
     repair_mojibake,
     repair_mojibake_array,
 )
+from data.scripts.urls import key_numbers, normalise_url_array
 
 logger = logging.getLogger(__name__)
 
 STAGE = "extract"
 # Bump when the output of a file changes for the same input, so cached files are rebuilt.
-EXTRACTOR_VERSION = 2
+# Version 3 normalises and hashes URLs here and no longer keeps ratings and prices.
+EXTRACTOR_VERSION = 3
 REQUIRED_COLUMNS = ("main_category", "sub_category", "image")
 TEXT_COLUMNS = ("name",)
-NUMERIC_COLUMNS = ("ratings", "no_of_ratings", "discount_price", "actual_price")
 OUTPUT_SCHEMA = pa.schema(
     [
         ("source_file", pa.string()),
@@ -77,14 +85,15 @@ OUTPUT_SCHEMA = pa.schema(
         ("main_category", pa.string()),
         ("sub_category", pa.string()),
         ("image_url", pa.string()),
-        *[(column, pa.float64()) for column in NUMERIC_COLUMNS],
+        ("url_drop_reason", pa.string()),
+        ("key_hash", pa.uint64()),
     ]
 )
 BLOCK_SIZE = 8 << 20  # bytes per block of the streaming reader
 # Files up to this size are parsed in one go, which pyarrow spreads over every core;
 # larger ones are streamed block by block, so memory does not grow with the file.
 WHOLE_FILE_BYTES = 32 << 20
-EXTRACT_THREADS = 2  # files extracted at once  # bytes per block of the streaming reader
+EXTRACT_THREADS = 2  # files extracted at once
 TOLERANT_BATCH_ROWS = 50_000
 MAX_JOINED_LINES = 20  # lines one quoted value may span before its quote counts as stray
 MAX_FOLDED_FIELDS = 32  # extra fields folded into a name before a line counts as broken
@@ -94,10 +103,6 @@ MAX_FIELD_CHARS = 16 << 20  # csv.field_size_limit for the line-by-line parser
 MAX_REJECTS_KEPT = 1_000  # rejected rows stored per file, with their text
 REJECT_TEXT_CHARS = 300
 _UNNAMED_RE = re.compile(r"^(unnamed: ?\d+)?$")
-# The rupee sign and thousands separators are dropped before parsing a number; literal
-# replacements are several times faster than one regular expression here.
-_NUMBER_NOISE = ("\u20b9", ",")
-_NUMBER_PATTERN = r"^[0-9]+(\.[0-9]+)?$"
 
 
 class FileError(Exception):
@@ -267,7 +272,7 @@ def read_header(path: Path, relative: str) -> Header:
     unnamed = sum(1 for name in names if _UNNAMED_RE.match(name))
     index: dict[str, int] = {}
     for position, name in enumerate(names):
-        if name in REQUIRED_COLUMNS + TEXT_COLUMNS + NUMERIC_COLUMNS and name not in index:
+        if name in REQUIRED_COLUMNS + TEXT_COLUMNS and name not in index:
             index[name] = position
     missing = [column for column in REQUIRED_COLUMNS if column not in index]
     if missing:
@@ -300,22 +305,6 @@ def _map_unique(values: pa.Array, function: Any, result_type: pa.DataType) -> tu
         is_changed = pc.is_in(encoded.indices, pa.array(changed_ids, encoded.indices.type))
         changed = pc.sum(is_changed).as_py() or 0
     return pc.take(pa.array(mapped, type=result_type), encoded.indices), changed
-
-
-def parse_numbers(values: pa.Array) -> tuple[pa.Array, int]:
-    """Parse strings such as ``₹32,999``, ``2,255`` or ``4.2`` into float64.
-
-    Returns the numbers and how many non-empty values were junk (``Get``, ``FREE
-    Delivery by Amazon``) and became null.
-    """
-    cleaned = values
-    for noise in _NUMBER_NOISE:
-        cleaned = pc.replace_substring(cleaned, noise, "")
-    cleaned = pc.utf8_trim_whitespace(cleaned)
-    valid = pc.match_substring_regex(cleaned, _NUMBER_PATTERN)
-    junk = pc.sum(pc.and_(pc.invert(valid), pc.not_equal(cleaned, ""))).as_py() or 0
-    numbers = pc.cast(pc.if_else(valid, cleaned, pa.scalar(None, pa.string())), pa.float64())
-    return numbers, junk
 
 
 def _normalised_category(normalise: Any, counters: Counter[str]) -> Any:
@@ -387,20 +376,19 @@ def transform_columns(
         categories[column_name], changed = _map_unique(column(column_name), function, pa.string())
         result.counters[f"{column_name}_values_normalised"] += changed
 
-    numbers = {}
-    for column_name in NUMERIC_COLUMNS:
-        numbers[column_name], junk = parse_numbers(column(column_name))
-        result.counters[f"{column_name}_junk_values"] += junk
-
+    trimmed = pc.utf8_trim_whitespace(column("image"))
+    urls, reasons, rewritten = normalise_url_array(trimmed)
+    result.counters["urls_rewritten"] += rewritten
     arrays = [
-        pa.array([source_file] * length, pa.string()),
+        pa.repeat(pa.scalar(source_file, pa.string()), length),
         source_rows,
         source_lines,
         name,
         categories["main_category"],
         categories["sub_category"],
-        pc.utf8_trim_whitespace(column("image")),
-        *[numbers[column_name] for column_name in NUMERIC_COLUMNS],
+        pc.coalesce(urls, trimmed),
+        reasons,
+        pa.array(key_numbers(urls), pa.uint64()),
     ]
     return pa.RecordBatch.from_arrays(arrays, schema=OUTPUT_SCHEMA)
 
@@ -451,13 +439,13 @@ def read_fast(path: Path, header: Header, relative: str, result: FileResult) -> 
                 data = handle.read()
                 lines = data.count(b"\n") + (not data.endswith(b"\n"))
                 table = pacsv.read_csv(pa.BufferReader(data), **options)
-                blocks: Any = table.combine_chunks().to_batches()
+                blocks: Any = table.to_batches()
             else:
                 # Opening reads the first block, so a parse error can come from here too.
                 blocks = pacsv.open_csv(handle, **options)
             for batch in blocks:
                 columns = {name: batch.column(f"c{i}") for name, i in header.index.items()}
-                source_rows = pa.array(range(rows, rows + batch.num_rows), pa.int64())
+                source_rows = pa.array(np.arange(rows, rows + batch.num_rows, dtype=np.int64))
                 yield transform_columns(
                     columns,
                     source_file=relative,

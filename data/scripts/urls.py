@@ -21,8 +21,10 @@ import re
 from urllib.parse import urlsplit
 
 import idna
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import xxhash
 
 # Reasons a row's URL is dropped; the merge stage counts rows per reason.
 MISSING_URL = "missing_url"
@@ -170,19 +172,64 @@ def normalise_url_array(values: pa.Array) -> tuple[pa.Array, pa.Array, int]:
     if pc.all(canonical).as_py():
         return trimmed, pa.nulls(len(values), pa.string()), 0
 
-    urls = trimmed.to_pylist()
-    reasons: list[str | None] = [None] * len(urls)
+    # Only the URLs the pattern does not accept go through Python; their results are
+    # put back in place, so the canonical majority is never converted.
+    other = pc.invert(canonical)
+    urls: list[str | None] = []
+    reasons: list[str | None] = []
     rewritten = 0
-    for index in pc.indices_nonzero(pc.invert(canonical)).to_pylist():
+    for text in pc.filter(trimmed, other).to_pylist():
         try:
-            url = normalise_url(urls[index])
+            url = normalise_url(text)
         except InvalidURL as exc:
-            urls[index] = None
-            reasons[index] = exc.reason
+            urls.append(None)
+            reasons.append(exc.reason)
             continue
-        rewritten += url != urls[index]
-        urls[index] = url
-    return pa.array(urls, type=pa.string()), pa.array(reasons, type=pa.string()), rewritten
+        rewritten += url != text
+        urls.append(url)
+        reasons.append(None)
+    return (
+        pc.replace_with_mask(trimmed, other, pa.array(urls, pa.string())),
+        pc.replace_with_mask(
+            pa.nulls(len(values), pa.string()), other, pa.array(reasons, pa.string())
+        ),
+        rewritten,
+    )
+
+
+def url_key(url: str) -> str:
+    """Return the row key of a canonical URL: its XXH3 64-bit hash as 16 hex digits.
+
+    XXH3's output for a given input is fixed by its specification (xxHash 0.8), so keys
+    do not change between runs, machines or library versions. With 64 bits, the chance
+    that two of a million URLs share a key is about 3e-8; the merge stage still checks
+    and raises if it ever happens.
+    """
+    return f"{xxhash.xxh3_64_intdigest(url.encode('utf-8')):016x}"
+
+
+def key_numbers(urls: pa.Array) -> np.ndarray:
+    """Return the XXH3-64 number of each URL's UTF-8 bytes (0 for a null URL).
+
+    ``hex_keys`` turns these numbers into the keys ``url_key`` gives. Casting to binary
+    hands the hash function bytes without a Python string per URL in between.
+    """
+    as_bytes = pc.fill_null(urls, "").cast(pa.binary()).to_pylist()
+    numbers = np.fromiter(
+        map(xxhash.xxh3_64_intdigest, as_bytes), dtype=np.uint64, count=len(as_bytes)
+    )
+    if urls.null_count:
+        numbers[pc.is_null(urls).to_numpy(zero_copy_only=False)] = 0
+    return numbers
+
+
+def hex_keys(numbers: np.ndarray) -> pa.Array:
+    """Format 64-bit key numbers as 16 lower-case hex digits each, without a Python loop."""
+    digits = np.asarray(numbers, dtype=">u8").tobytes().hex().encode("ascii")
+    fixed = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(16), len(numbers), [None, pa.py_buffer(digits)]
+    )
+    return fixed.cast(pa.binary()).cast(pa.string())
 
 
 def redact_credentials(url: str | None) -> str | None:
