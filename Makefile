@@ -14,6 +14,7 @@ RAW_DIR ?= data/raw/$(DATA_VERSION)
 PROCESSED_DIR ?= data/processed/$(DATA_VERSION)
 MAPPING ?= data/category_mapping.toml
 UNKNOWN_LABEL ?=
+STRICT ?=
 KAGGLE_DATASET ?= lokeshparab/amazon-products-dataset
 KAGGLE_PUSH_ID ?=
 KAGGLE_TITLE ?=
@@ -130,7 +131,8 @@ kaggle-push: install ## Publish PROCESSED_DIR's images to Kaggle as KAGGLE_PUSH_
 		--data-version "$(DATA_VERSION)" $(strip $(KAGGLE_PUSH_ARGS))
 
 extract: install ## Keep categories, image URL and origin of every CSV row under RAW_DIR
-	$(PY) -m data.scripts.extract --raw-dir "$(RAW_DIR)" --out-dir "$(PROCESSED_DIR)"
+	$(PY) -m data.scripts.extract --raw-dir "$(RAW_DIR)" --out-dir "$(PROCESSED_DIR)" \
+		$(if $(filter 1 yes true,$(STRICT)),--strict)
 
 merge: install ## Merge extracted files, drop bad and duplicate URLs, then relabel
 	$(PY) -m data.scripts.merge --processed-dir "$(PROCESSED_DIR)" --mapping "$(MAPPING)"
@@ -142,7 +144,8 @@ relabel: install ## Map main categories onto labels with MAPPING into products.p
 
 prepare: install ## Run extract, merge and relabel in one process (same outputs, faster)
 	$(PY) -m data.scripts.prepare --raw-dir "$(RAW_DIR)" --out-dir "$(PROCESSED_DIR)" \
-		--mapping "$(MAPPING)" $(if $(UNKNOWN_LABEL),--unknown-label "$(UNKNOWN_LABEL)")
+		--mapping "$(MAPPING)" $(if $(UNKNOWN_LABEL),--unknown-label "$(UNKNOWN_LABEL)") \
+		$(if $(filter 1 yes true,$(STRICT)),--strict)
 
 # ---- image collection ----
 

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from data.scripts import extract
-from data.scripts.common import read_arrow
+from data.scripts.common import PROJECT_ROOT, read_arrow, write_arrow
 from data.scripts.urls import url_key
 from tests.helpers import (
     ALL_ELECTRONICS,
@@ -495,13 +500,16 @@ def test_extract_blank_lines_keep_pandas_row_numbers(tmp_path):
 def test_extract_file_name_not_utf8(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
-    name = os.fsdecode(b"caf\xe9.csv")
-    write_csv(raw / name, [product_row()])
+    write_csv(raw / os.fsdecode(b"caf\xe9.csv"), [product_row()])
+    write_csv(raw / os.fsdecode(b"caf\xe8.csv"), [product_row(), product_row()])
 
     stats = run(raw, tmp_path / "out")
 
-    assert stats["rows_written"] == 1
-    assert rows_of(tmp_path / "out")["source_file"].tolist() == ["caf\ufffd.csv"]
+    # The bytes that are not UTF-8 stay visible, so the two names stay apart.
+    assert stats["rows_written"] == 3
+    assert stats["rows_per_file"] == {"caf\\xe8.csv": 2, "caf\\xe9.csv": 1}
+    names = sorted(rows_of(tmp_path / "out")["source_file"])
+    assert names == ["caf\\xe8.csv", "caf\\xe8.csv", "caf\\xe9.csv"]
 
 
 @pytest.mark.parametrize(
@@ -567,3 +575,158 @@ def test_extract_streaming_and_whole_file_agree(tmp_path, monkeypatch):
 
     pd.testing.assert_frame_equal(rows_of(tmp_path / "whole"), rows_of(tmp_path / "streamed"))
     assert whole["counters"] == streamed["counters"]
+
+
+# ---- reruns, damaged caches and interruptions ----
+
+
+def test_extract_rebuilds_damaged_cached_output(tmp_path):
+    raw = tmp_path / "raw"
+    write_csv(raw / "A.csv", [product_row(), product_row(name="Second")])
+    run(raw, tmp_path / "out")
+    output = next((tmp_path / "out" / "extracted").glob("*.arrow"))
+    output.write_bytes(output.read_bytes()[:100])
+
+    stats = run(raw, tmp_path / "out")
+
+    assert stats["files_extracted"] == 1
+    assert stats["files_unchanged"] == 0
+    assert rows_of(tmp_path / "out")["name"].tolist() == ["Plain product", "Second"]
+
+
+def test_extract_rebuilds_output_of_older_layout(tmp_path):
+    raw = tmp_path / "raw"
+    write_csv(raw / "A.csv", [product_row()])
+    run(raw, tmp_path / "out")
+    output = next((tmp_path / "out" / "extracted").glob("*.arrow"))
+    write_arrow(output, read_arrow(output).drop_columns(["key_hash"]))
+
+    stats = run(raw, tmp_path / "out")
+
+    assert stats["files_extracted"] == 1
+    assert "key_hash" in rows_of(tmp_path / "out").columns
+
+
+def test_extract_sees_edit_that_restores_mtime(tmp_path):
+    raw = tmp_path / "raw"
+    path = write_csv(raw / "A.csv", [product_row(main_category="music")])
+    run(raw, tmp_path / "out")
+    before = path.stat()
+    path.write_bytes(path.read_bytes().replace(b"music", b"MUSIC"))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    stats = run(raw, tmp_path / "out")
+
+    assert stats["files_extracted"] == 1
+    assert stats["counters"]["main_category_values_normalised"] == 1
+
+
+def test_extract_lists_csv_names_that_are_not_files(tmp_path):
+    raw = tmp_path / "raw"
+    write_csv(raw / "A.csv", [product_row()])
+    (raw / "gone.csv").symlink_to(raw / "missing.csv")
+    os.mkfifo(raw / "pipe.csv")
+    (raw / "folder.csv").mkdir()
+
+    stats = run(raw, tmp_path / "out")
+
+    assert stats["rows_written"] == 1
+    assert {"source_file": "gone.csv", "reason": "not a regular file"} in stats["files_skipped"]
+    assert {"source_file": "pipe.csv", "reason": "not a regular file"} in stats["files_skipped"]
+
+
+@pytest.mark.parametrize("layout", ["processed inside raw", "raw inside processed"])
+def test_extract_rejects_overlapping_folders(tmp_path, layout):
+    raw = tmp_path / "raw"
+    write_csv(raw / "A.csv", [product_row()])
+    out = raw / "processed" if layout == "processed inside raw" else tmp_path
+
+    with pytest.raises(ValueError, match="overlap"):
+        run(raw, out)
+    assert not (out / "extracted").exists()
+    assert extract.main(["--raw-dir", str(raw), "--out-dir", str(raw)]) == 1
+
+
+def test_extract_refuses_second_run_on_same_folder(tmp_path):
+    raw = tmp_path / "raw"
+    write_csv(raw / "A.csv", [product_row()])
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from data.scripts.common import stage_lock\n"
+            "with stage_lock(sys.argv[1]):\n"
+            "    print('locked', flush=True)\n"
+            "    time.sleep(60)\n",
+            str(out),
+        ],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RuntimeError, match=f"another process \\({holder.pid}\\)"):
+            run(raw, out)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not any((out / "extracted").glob("*.arrow"))
+    assert run(raw, out)["rows_written"] == 1
+
+
+@pytest.mark.slow
+def test_extract_ctrl_c_stops_without_waiting_for_every_file(tmp_path):
+    raw = tmp_path / "raw"
+    # Every file has a value with a line break, so each one is read line by line.
+    lines = [product_row(name=f'"Name {i}\nsecond line"') for i in range(20_000)]
+    for number in range(24):
+        write_csv(raw / f"File {number:02d}.csv", lines)
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "data.scripts.extract",
+            "--raw-dir",
+            str(raw),
+            "--out-dir",
+            str(out),
+        ],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "TQDM_DISABLE": "1"},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not any((out / "extracted").glob("*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 130
+    assert "interrupted" in stderr
+    done = len(list((out / "extracted").glob("*.arrow")))
+    assert 1 <= done < 24
+    assert not list((out / "extracted").glob(".*.tmp"))
+    stats = run(raw, out)
+    assert stats["files_unchanged"] == done
+    assert stats["rows_written"] == 24 * 20_000
+
+
+def test_extract_redacts_passwords_in_log_and_rejects(tmp_path, caplog):
+    secret_url = "https://admin:s3cret@img.example/a.jpg"
+    lines = [product_row(), f"short row,{secret_url}", product_row(image=secret_url)]
+
+    with caplog.at_level(logging.INFO):
+        frame, stats = extract_one(tmp_path, lines)
+
+    rejects = (tmp_path / "out" / "rejects" / "extract.csv").read_text(encoding="utf-8")
+    assert stats["rows_rejected"] == 1
+    assert "https://***@img.example/a.jpg" in rejects
+    assert "s3cret" not in rejects
+    assert "reading line by line" in caplog.text
+    assert "s3cret" not in caplog.text
+    assert frame["url_drop_reason"].tolist()[-1] == "invalid_url"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 
 from data.scripts import extract, merge
 from data.scripts.common import read_arrow, write_arrow
-from data.scripts.relabel import MappingError
+from data.scripts.relabel import MERGED_COLUMNS, MappingError
 from tests.helpers import TRIMMED_SAMPLES, product_row, requires_samples, write_csv
 
 URL_A = "https://m.media-amazon.com/images/I/a.jpg"
@@ -260,3 +261,43 @@ def test_merge_rejects_old_extracted_files(tmp_path):
     with pytest.raises(ValueError, match="make extract"):
         merge.run_merge(out)
     assert merge.main(["--processed-dir", str(out)]) == 1
+
+
+def test_merged_columns_match_what_relabel_reads(tmp_path):
+    out = prepare(tmp_path, {"A.csv": [product_row()]})
+
+    merge.run_merge(out)
+
+    assert tuple(read_arrow(out / "merged.arrow").column_names) == MERGED_COLUMNS
+
+
+def test_merge_names_damaged_extracted_file(tmp_path):
+    out = prepare(tmp_path, {"A.csv": [product_row()], "B.csv": [product_row()]})
+    damaged = sorted((out / "extracted").glob("*.arrow"))[0]
+    damaged.write_bytes(b"not arrow")
+
+    with pytest.raises(ValueError, match=f"{damaged.name}.*make extract"):
+        merge.run_merge(out)
+
+
+def test_merge_removes_its_leftover_temporary_files(tmp_path):
+    out = prepare(tmp_path, {"A.csv": [product_row()]})
+    leftover = out / ".merged.arrow.k1ll3d.tmp"
+    leftover.write_bytes(b"partial")
+    other = out / ".manifest.parquet.f3tch.tmp"
+    other.write_bytes(b"another stage's write in progress")
+
+    merge.run_merge(out)
+
+    assert not leftover.exists()
+    assert other.exists()
+
+
+def test_merge_warns_when_no_url_is_usable(tmp_path, caplog):
+    out = prepare(tmp_path, {"A.csv": [product_row(image=""), product_row(image="a.jpg")]})
+
+    with caplog.at_level(logging.WARNING):
+        stats = merge.run_merge(out)
+
+    assert stats["rows_kept"] == 0
+    assert "no row has a usable image URL" in caplog.text

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from data.scripts import extract, merge, relabel
+from data.scripts.common import read_arrow, write_arrow
 from data.scripts.relabel import DEFAULT_MAPPING, MappingError, load_mapping
 from tests.helpers import TRIMMED_SAMPLES, product_row, requires_samples, write_csv
 
@@ -190,3 +193,46 @@ def test_relabel_real_samples_every_label_present(tmp_path):
     assert set(stats["rows_per_label"]) == set(load_mapping(DEFAULT_MAPPING).labels)
     assert sum(stats["rows_per_label"].values()) == stats["rows"]
     assert stats["unknown_categories"] == {}
+
+
+def test_relabel_names_damaged_merged_file(tmp_path, caplog):
+    out = merged_dir(tmp_path, ["music"])
+    (out / "merged.arrow").write_bytes(b"not arrow")
+
+    with pytest.raises(ValueError, match="cannot be read.*make merge"):
+        relabel.run_relabel(out, DEFAULT_MAPPING)
+    assert relabel.main(["--processed-dir", str(out)]) == 1
+    assert not (out / "products.parquet").exists()
+
+
+def test_relabel_rejects_merged_file_of_other_layout(tmp_path):
+    out = merged_dir(tmp_path, ["music"])
+    table = read_arrow(out / "merged.arrow")
+    write_arrow(out / "merged.arrow", table.append_column("ratings", pa.array([4.2])))
+
+    with pytest.raises(ValueError, match="ratings.*make merge"):
+        relabel.run_relabel(out, DEFAULT_MAPPING)
+
+
+def test_relabel_removes_leftovers_and_warns_when_empty(tmp_path, caplog):
+    write_csv(tmp_path / "raw" / "A.csv", [product_row(image="")])
+    out = tmp_path / "out"
+    extract.run_extract(tmp_path / "raw", out)
+    merge.run_merge(out)
+    leftover = out / ".products.parquet.k1ll3d.tmp"
+    leftover.write_bytes(b"partial")
+
+    with caplog.at_level(logging.WARNING):
+        stats = relabel.run_relabel(out, DEFAULT_MAPPING)
+
+    assert stats["rows"] == 0
+    assert "has no rows" in caplog.text
+    assert not leftover.exists()
+
+
+def test_relabel_unknown_label_is_trimmed(tmp_path):
+    out = merged_dir(tmp_path, ["garden"])
+
+    stats = relabel.run_relabel(out, DEFAULT_MAPPING, unknown_label="  Other ")
+
+    assert stats["unknown_label"] == "other"

@@ -145,3 +145,50 @@ def exclusive_lock(lock_path: Path, what: str) -> Iterator[None]:
         handle.write(str(os.getpid()))
         handle.flush()
         yield
+
+
+STAGE_LOCK_FILE = ".data-stages.lock"
+_held_stage_locks: dict[Path, int] = {}
+
+
+@contextlib.contextmanager
+def stage_lock(processed: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold the lock of a processed-data folder while a data stage writes into it.
+
+    Two runs on one folder would delete each other's temporary files and mix their
+    outputs, so the second one raises RuntimeError naming the first. The lock is
+    re-entrant within a process: ``make prepare`` holds it around the three stages,
+    which each take it again.
+    """
+    path = (Path(processed) / STAGE_LOCK_FILE).resolve()
+    if path in _held_stage_locks:
+        _held_stage_locks[path] += 1
+        try:
+            yield
+        finally:
+            _held_stage_locks[path] -= 1
+        return
+    with exclusive_lock(path, f"the processed data folder {str(processed)!r}"):
+        _held_stage_locks[path] = 1
+        try:
+            yield
+        finally:
+            del _held_stage_locks[path]
+
+
+def remove_leftover_temporary_files(targets: Iterator[Path] | list[Path]) -> list[Path]:
+    """Remove the temporary files that a killed ``atomic_path`` write of each target left.
+
+    Only names that ``atomic_path`` gives for these targets are removed, so other
+    stages' temporary files in the same folder are left alone. Returns what was removed.
+    """
+    removed = []
+    for target in targets:
+        for leftover in Path(target).parent.glob(f".{Path(target).name}.*.tmp"):
+            try:
+                leftover.unlink()
+            except OSError as exc:
+                logger.warning("could not remove %s: %s", leftover, exc)
+                continue
+            removed.append(leftover)
+    return removed

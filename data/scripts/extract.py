@@ -7,8 +7,9 @@ memory without a copy) with one row per product row:
 * ``source_file`` (path relative to the raw folder), ``source_row`` (0-based data row,
   what ``pandas.read_csv`` would give as the index for a well-formed file) and
   ``source_line`` (1-based line in the file where the row starts);
-* ``name``, ``main_category`` (trimmed, single-spaced, lower case) and ``sub_category``
-  (trimmed, single-spaced);
+* ``name``, ``main_category`` (in the comparison form of ``text.normalise_category``:
+  lower case, single spaces, one form of apostrophes, commas and ampersands) and
+  ``sub_category`` (trimmed, single-spaced, HTML references decoded);
 * ``image_url``: the canonical form of the URL (see ``data.scripts.urls``), or the
   trimmed text as written when it cannot be used, in which case ``url_drop_reason``
   says why; ``key_hash``, the 64-bit number the merge stage writes as the row's key.
@@ -57,6 +58,7 @@ from data.scripts.common import (
     processed_dir,
     raw_dir,
     setup_logging,
+    stage_lock,
     write_json,
     write_stats,
 )
@@ -66,14 +68,16 @@ from data.scripts.text import (
     repair_mojibake,
     repair_mojibake_array,
 )
-from data.scripts.urls import key_numbers, normalise_url_array
+from data.scripts.urls import key_numbers, normalise_url_array, redact_text
 
 logger = logging.getLogger(__name__)
 
 STAGE = "extract"
 # Bump when the output of a file changes for the same input, so cached files are rebuilt.
-# Version 3 normalises and hashes URLs here and no longer keeps ratings and prices.
-EXTRACTOR_VERSION = 3
+# Version 3 normalises and hashes URLs here and no longer keeps ratings and prices;
+# version 4 decodes escaped unreserved characters in URLs and folds punctuation variants
+# of categories.
+EXTRACTOR_VERSION = 4
 REQUIRED_COLUMNS = ("main_category", "sub_category", "image")
 TEXT_COLUMNS = ("name",)
 OUTPUT_SCHEMA = pa.schema(
@@ -156,7 +160,8 @@ class FileResult:
     def reject(self, line: int, reason: str, text: str) -> None:
         self.counters[f"rejected_{reason}"] += 1
         if len(self.rejects) < MAX_REJECTS_KEPT:
-            self.rejects.append({"line": line, "reason": reason, "text": text[:REJECT_TEXT_CHARS]})
+            text = redact_text(text[: REJECT_TEXT_CHARS * 2])[:REJECT_TEXT_CHARS]
+            self.rejects.append({"line": line, "reason": reason, "text": text})
 
 
 @dataclass(frozen=True)
@@ -179,19 +184,28 @@ def discover_files(source_dir: Path) -> tuple[list[Path], list[dict[str, str]]]:
     skipped: list[dict[str, str]] = []
     for path in sorted(source_dir.rglob("*")):
         relative = path.relative_to(source_dir)
-        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+        if any(part.startswith(".") for part in relative.parts):
             continue
-        if path.suffix.lower() == ".csv":
-            csv_files.append(path)
-        else:
-            skipped.append({"source_file": display_name(relative), "reason": "not a .csv file"})
+        is_csv = path.suffix.lower() == ".csv"
+        if path.is_file():
+            if is_csv:
+                csv_files.append(path)
+            else:
+                skipped.append({"source_file": display_name(relative), "reason": "not a .csv file"})
+        elif is_csv and not path.is_dir():
+            # A dangling link, a FIFO or a socket named *.csv: listed, so it is not
+            # silently missing from the counts. Reading a FIFO would block forever.
+            skipped.append({"source_file": display_name(relative), "reason": "not a regular file"})
     return csv_files, skipped
 
 
 def display_name(relative: Path) -> str:
-    """Return a relative path as text; bytes that are not UTF-8 become U+FFFD."""
+    """Return a relative path as text; bytes that are not UTF-8 become ``\\xNN`` escapes.
+
+    Escapes keep two names that differ only in such bytes apart, where U+FFFD would not.
+    """
     raw = os.fsencode(relative.as_posix())
-    return raw.decode("utf-8", errors="replace")
+    return raw.decode("utf-8", errors="backslashreplace")
 
 
 def output_name(relative: str) -> str:
@@ -204,10 +218,13 @@ def output_name(relative: str) -> str:
 
 def fingerprint(path: Path, relative: str) -> dict[str, Any]:
     stat = path.stat()
+    # The change time is set by the kernel on every write and cannot be set back with
+    # touch, so an edit that keeps the size and restores the modification time is seen.
     return {
         "source_file": relative,
         "size": stat.st_size,
         "mtime_ns": stat.st_mtime_ns,
+        "ctime_ns": stat.st_ctime_ns,
         "extractor_version": EXTRACTOR_VERSION,
     }
 
@@ -218,7 +235,11 @@ def counts_path(output: Path) -> Path:
 
 
 def read_cached_result(output: Path, expected: dict[str, Any]) -> FileResult | None:
-    """Return the stored result of ``output`` if it was made from the same input."""
+    """Return the stored result of ``output`` if it was made from the same input.
+
+    The output itself must also still be a readable Arrow file of the current layout, so
+    a damaged or edited output is extracted again instead of failing the merge stage.
+    """
     if not output.exists():
         return None
     try:
@@ -226,6 +247,15 @@ def read_cached_result(output: Path, expected: dict[str, Any]) -> FileResult | N
     except (OSError, ValueError):
         return None
     if stored.get("fingerprint") != expected:
+        return None
+    try:
+        with pa.memory_map(str(output)) as source:
+            reader = pa.ipc.open_file(source)
+            layout_is_current = reader.schema.equals(OUTPUT_SCHEMA)
+            rows = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+    except (OSError, pa.ArrowInvalid):
+        return None
+    if not layout_is_current or rows != stored.get("result", {}).get("rows_written"):
         return None
     result = FileResult.from_json(stored["result"])
     result.cached = True
@@ -710,7 +740,8 @@ def extract_file(path: Path, relative: str, output: Path) -> FileResult:
     try:
         _write_output(read_fast(path, header, relative, result), output, source, result)
     except _NeedsTolerantParser as reason:
-        logger.info("%s: reading line by line (%s)", relative, reason)
+        # pyarrow's message quotes the row, which may hold a URL with a password.
+        logger.info("%s: reading line by line (%s)", relative, redact_text(str(reason)))
         result = new_result()
         _write_output(read_tolerant(path, header, relative, result), output, source, result)
     return result
@@ -744,10 +775,17 @@ def _write_output(
 def run_extract(source_dir: Path, out_dir: Path, *, strict: bool = False) -> dict[str, Any]:
     """Extract every CSV under ``source_dir`` into ``out_dir/extracted``; return the stats.
 
-    Raises FileNotFoundError when ``source_dir`` does not exist. With ``strict``, a
-    file that could not be extracted raises FileError after all other files are done.
+    Raises FileNotFoundError when ``source_dir`` does not exist, ValueError when the two
+    folders overlap, and RuntimeError when another run is writing into ``out_dir``. With
+    ``strict``, a file that could not be extracted raises FileError after all other
+    files are done.
     """
     check_folders(source_dir, out_dir)
+    with stage_lock(out_dir):
+        return _run_extract(source_dir, out_dir, strict=strict)
+
+
+def _run_extract(source_dir: Path, out_dir: Path, *, strict: bool) -> dict[str, Any]:
     started = time.monotonic()
     csv_files, skipped = discover_files(source_dir)
     if not csv_files:
@@ -765,7 +803,8 @@ def run_extract(source_dir: Path, out_dir: Path, *, strict: bool = False) -> dic
     progress = tqdm(total=len(csv_files), desc="extract", unit="file", disable=None)
     # pyarrow parses and computes with the GIL released, so two files at a time keep
     # both cores busy where one file alone leaves gaps between its steps.
-    with ThreadPoolExecutor(max_workers=EXTRACT_THREADS) as pool:
+    pool = ThreadPoolExecutor(max_workers=EXTRACT_THREADS)
+    try:
         jobs = [
             pool.submit(_extract_or_reuse, path, source_dir, extracted_dir) for path in csv_files
         ]
@@ -778,7 +817,10 @@ def run_extract(source_dir: Path, out_dir: Path, *, strict: bool = False) -> dic
                 continue
             results.append(result)
             progress.set_postfix(rows=sum(r.rows_written for r in results), refresh=False)
-    progress.close()
+    finally:
+        # On Ctrl-C, files not started yet are dropped; the ones in progress finish.
+        pool.shutdown(wait=True, cancel_futures=True)
+        progress.close()
 
     removed = _remove_stale_outputs(extracted_dir, wanted_outputs)
     stats = summarise(results, skipped, failed, removed, time.monotonic() - started)
@@ -835,6 +877,13 @@ def check_folders(source_dir: Path, out_dir: Path) -> None:
     if not source_dir.is_dir():
         raise FileNotFoundError(
             f"RAW_DIR {str(source_dir)!r} is a file; pass the folder that contains the CSV files"
+        )
+    raw, processed = source_dir.resolve(), out_dir.resolve()
+    if raw == processed or raw in processed.parents or processed in raw.parents:
+        raise ValueError(
+            f"PROCESSED_DIR {str(out_dir)!r} and RAW_DIR {str(source_dir)!r} overlap, so "
+            "extract would read its own output as input and 'make clean' would delete raw "
+            "files; pass two separate folders"
         )
     probe = out_dir / "extracted"
     try:
@@ -958,7 +1007,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     try:
         run_extract(args.raw_dir, args.out_dir, strict=args.strict)
-    except (FileError, OSError) as exc:
+    except (FileError, OSError, RuntimeError, ValueError) as exc:
         logger.error("%s", exc)
         return 1
     except KeyboardInterrupt:

@@ -40,10 +40,13 @@ from data.scripts.common import (
     count_values,
     processed_dir,
     read_arrow,
+    remove_leftover_temporary_files,
     setup_logging,
+    stage_lock,
+    stats_path,
     write_stats,
 )
-from data.scripts.relabel import MERGED_FILE, MappingError, load_mapping
+from data.scripts.relabel import MERGED_FILE, load_mapping
 from data.scripts.urls import DROP_REASONS, hex_keys, redact_credentials, url_key
 
 logger = logging.getLogger(__name__)
@@ -79,7 +82,15 @@ def read_extracted(extracted_dir: Path) -> pa.Table:
         raise FileNotFoundError(
             f"no extracted files in {str(extracted_dir)!r}; run 'make extract' first"
         )
-    tables = [read_arrow(path) for path in files]
+    tables = []
+    for path in files:
+        try:
+            tables.append(read_arrow(path))
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise ValueError(
+                f"extracted file {str(path)!r} cannot be read ({exc}); delete it and run "
+                "'make extract' again, which rebuilds it"
+            ) from exc
     for path, table in zip(files, tables):
         missing = [name for name in REQUIRED_COLUMNS if name not in table.column_names]
         if missing:
@@ -300,11 +311,24 @@ def run_merge(out_dir: Path, mapping_path: Path | None = None) -> dict[str, Any]
     """Merge ``out_dir/extracted`` into ``out_dir/merged.arrow``; return the stats.
 
     ``mapping_path``, when given, is only checked, so that a broken mapping file stops
-    the pipeline before the merge instead of after it.
+    the pipeline before the merge instead of after it. Raises RuntimeError when another
+    run is writing into ``out_dir``.
     """
-    started = time.monotonic()
     if mapping_path is not None:
         load_mapping(mapping_path)
+    if not any((out_dir / "extracted").glob("*.arrow")):
+        raise FileNotFoundError(
+            f"no extracted files in {str(out_dir / 'extracted')!r}; run 'make extract' first"
+        )
+    with stage_lock(out_dir):
+        return _run_merge(out_dir)
+
+
+def _run_merge(out_dir: Path) -> dict[str, Any]:
+    started = time.monotonic()
+    remove_leftover_temporary_files(
+        [out_dir / MERGED_FILE, stats_path(out_dir, STAGE), _rejects_path(out_dir)]
+    )
     table = read_extracted(out_dir / "extracted")
     logger.info("merge: %d rows from %s", table.num_rows, out_dir / "extracted")
 
@@ -339,11 +363,21 @@ def run_merge(out_dir: Path, mapping_path: Path | None = None) -> dict[str, Any]
         duplicate_counts["urls_with_conflicting_categories"],
         plan.kept_rows,
     )
+    if plan.kept_rows == 0:
+        logger.warning(
+            "merge: no row has a usable image URL, so later stages have nothing to work on; "
+            "see %s for every dropped row and its reason",
+            _rejects_path(out_dir),
+        )
     return stats
 
 
+def _rejects_path(out_dir: Path) -> Path:
+    return out_dir / "rejects" / f"{STAGE}.csv"
+
+
 def _write_rejects(out_dir: Path, rejected: pa.Table) -> None:
-    path = out_dir / "rejects" / f"{STAGE}.csv"
+    path = _rejects_path(out_dir)
     rows = rejected.slice(0, MAX_REJECTS_KEPT).to_pylist()
     for row in rows:
         row["image_url"] = redact_credentials(row["image_url"])
@@ -382,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     try:
         run_merge(args.processed_dir, args.mapping)
-    except (OSError, ValueError, MappingError) as exc:
+    except (OSError, RuntimeError, ValueError) as exc:
         logger.error("%s", exc)
         return 1
     except KeyboardInterrupt:

@@ -16,10 +16,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from data.scripts.common import DEFAULT_DATA_VERSION, processed_dir, raw_dir, setup_logging
-from data.scripts.extract import FileError, run_extract
+from data.scripts.common import (
+    DEFAULT_DATA_VERSION,
+    processed_dir,
+    raw_dir,
+    setup_logging,
+    stage_lock,
+)
+from data.scripts.extract import FileError, check_folders, run_extract
 from data.scripts.merge import run_merge
-from data.scripts.relabel import DEFAULT_MAPPING, MappingError, load_mapping, run_relabel
+from data.scripts.relabel import DEFAULT_MAPPING, load_mapping, run_relabel
 
 logger = logging.getLogger(__name__)
 
@@ -35,17 +41,21 @@ def run_prepare(
     """Run extract, merge and relabel; return ``{stage: stats}``.
 
     Raises MappingError before any work when the mapping file or ``unknown_label`` is
-    invalid, and whatever the stages raise (see each stage) after that.
+    invalid, and whatever the stages raise (see each stage) after that. The processed
+    folder stays locked from the first stage to the last, so no other run can change
+    it in between.
     """
     started = time.monotonic()
     mapping = load_mapping(mapping_path)
     if unknown_label is not None:
         mapping.with_unknown_label(unknown_label)
-    stats = {
-        "extract": run_extract(source_dir, out_dir, strict=strict),
-        "merge": run_merge(out_dir),
-        "relabel": run_relabel(out_dir, mapping_path, unknown_label),
-    }
+    check_folders(source_dir, out_dir)
+    with stage_lock(out_dir):
+        stats = {
+            "extract": run_extract(source_dir, out_dir, strict=strict),
+            "merge": run_merge(out_dir),
+            "relabel": run_relabel(out_dir, mapping_path, unknown_label),
+        }
     logger.info(
         "prepare: done in %.1f s: %d rows read, %d unique URLs in %d labels",
         time.monotonic() - started,
@@ -104,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             unknown_label=args.unknown_label,
             strict=args.strict,
         )
-    except (FileError, MappingError, OSError, ValueError) as exc:
+    except (FileError, OSError, RuntimeError, ValueError) as exc:
         logger.error("%s", exc)
         return 1
     except KeyboardInterrupt:

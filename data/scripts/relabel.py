@@ -35,7 +35,10 @@ from data.scripts.common import (
     count_values,
     processed_dir,
     read_arrow,
+    remove_leftover_temporary_files,
     setup_logging,
+    stage_lock,
+    stats_path,
     write_json,
     write_stats,
 )
@@ -45,6 +48,19 @@ logger = logging.getLogger(__name__)
 
 STAGE = "relabel"
 MERGED_FILE = "merged.arrow"
+# The columns of MERGED_FILE, in order, as the merge stage writes them.
+MERGED_COLUMNS = (
+    "key",
+    "source_file",
+    "source_row",
+    "source_line",
+    "name",
+    "main_category",
+    "sub_category",
+    "image_url",
+    "duplicate_count",
+    "conflicting_main_categories",
+)
 PRODUCTS_FILE = "products.parquet"
 LABELS_FILE = "labels.json"
 DEFAULT_MAPPING = PROJECT_ROOT / "data" / "category_mapping.toml"
@@ -69,6 +85,7 @@ class CategoryMapping:
 
     def with_unknown_label(self, label: str) -> tuple[CategoryMapping, str]:
         """Return a mapping that also has ``label`` (display or folder name) and its folder."""
+        label = label.strip()
         for folder, display in self.labels.items():
             if label in (folder, display):
                 return self, folder
@@ -233,9 +250,10 @@ def run_relabel(
     """Write ``products.parquet`` and ``labels.json`` from ``merged.arrow``.
 
     Raises MappingError, before writing anything, when the mapping file is invalid or
-    the data has main categories that it does not list and ``unknown_label`` is None.
+    the data has main categories that it does not list and ``unknown_label`` is None;
+    ValueError when ``merged.arrow`` is damaged or of another layout, and RuntimeError
+    when another run is writing into ``out_dir``.
     """
-    started = time.monotonic()
     mapping = load_mapping(mapping_path)
     unknown_folder = None
     if unknown_label is not None:
@@ -243,7 +261,29 @@ def run_relabel(
     merged_path = out_dir / MERGED_FILE
     if not merged_path.is_file():
         raise FileNotFoundError(f"{str(merged_path)!r} not found; run 'make merge' first")
-    table = read_arrow(merged_path)
+    with stage_lock(out_dir):
+        return _run_relabel(out_dir, mapping, mapping_path, unknown_folder)
+
+
+def _run_relabel(
+    out_dir: Path, mapping: CategoryMapping, mapping_path: Path, unknown_folder: str | None
+) -> dict[str, Any]:
+    started = time.monotonic()
+    remove_leftover_temporary_files(
+        [out_dir / PRODUCTS_FILE, out_dir / LABELS_FILE, stats_path(out_dir, STAGE)]
+    )
+    merged_path = out_dir / MERGED_FILE
+    try:
+        table = read_arrow(merged_path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise ValueError(
+            f"{str(merged_path)!r} cannot be read ({exc}); run 'make merge' again"
+        ) from exc
+    if tuple(table.column_names) != MERGED_COLUMNS:
+        raise ValueError(
+            f"{str(merged_path)!r} has the columns {', '.join(table.column_names)}, not the "
+            f"ones this version writes ({', '.join(MERGED_COLUMNS)}); run 'make merge' again"
+        )
     logger.info("relabel: %d rows from %s with %s", table.num_rows, merged_path, mapping_path)
 
     unknown = find_unknown_categories(table.column("main_category"), mapping)
@@ -289,6 +329,13 @@ def run_relabel(
         ", ".join(f"{k}={v}" for k, v in per_label.items()),
         conflicts,
     )
+    if products.num_rows == 0:
+        logger.warning(
+            "relabel: %s has no rows, so there are no images to fetch; see %s for what "
+            "the earlier stages dropped",
+            out_dir / PRODUCTS_FILE,
+            out_dir / "stats",
+        )
     return stats
 
 
@@ -336,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     try:
         run_relabel(args.processed_dir, args.mapping, args.unknown_label)
-    except (MappingError, OSError) as exc:
+    except (OSError, RuntimeError, ValueError) as exc:
         logger.error("%s", exc)
         return 1
     except KeyboardInterrupt:

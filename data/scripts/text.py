@@ -6,6 +6,8 @@ Values in the source CSV files are untrusted text. Category values are compared 
 
 from __future__ import annotations
 
+import html
+import html.entities
 import re
 import unicodedata
 
@@ -26,6 +28,34 @@ _CP1252_CONTINUATION = (
 MOJIBAKE_PATTERN = f"[\u00c2-\u00f4][{_CP1252_CONTINUATION}]"
 _MOJIBAKE_RE = re.compile(MOJIBAKE_PATTERN)
 _WHITESPACE_RE = re.compile(r"\s+")
+# A numeric (group 1) or named (group 2) HTML character reference ending in ";".
+_CHARACTER_REFERENCE_RE = re.compile(
+    r"&(?:(#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6})|([A-Za-z][A-Za-z0-9]{1,31}));"
+)
+# Characters typed in place of an apostrophe, a comma or an ampersand, such as
+# typographic quotes, the modifier letter apostrophe, the prime, the grave and acute
+# accents, and the fullwidth and small forms of CJK text.
+_PUNCTUATION_VARIANTS = str.maketrans(
+    {
+        "\u2018": "'",
+        "\u2019": "'",
+        "\u201b": "'",
+        "\u2032": "'",
+        "\u02bc": "'",
+        "\u0060": "'",
+        "\u00b4": "'",
+        "\uff07": "'",
+        "\uff0c": ",",
+        "\ufe50": ",",
+        "\uff06": "&",
+        "\ufe60": "&",
+    }
+)
+# A comma or an ampersand with the spaces around it. normalise_category rewrites each
+# match so that "tv,audio" and "tv , audio" compare equal to "tv, audio", except that a
+# comma between two digits ("1,000") stays as it is.
+_COMMA_RE = re.compile(r"\s*,\s*")
+_AMPERSAND_RE = re.compile(r"\s*&\s*")
 _NOT_NAME_CHAR_RE = re.compile(r"[^a-z0-9]+")
 SAFE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,63}$")
 
@@ -65,17 +95,93 @@ def repair_mojibake_array(values: pa.Array) -> tuple[pa.Array, int, int]:
     return pa.array(python_values, type=pa.string()), repaired, suspect
 
 
+def remove_invisible_characters(value: str) -> str:
+    """Remove control and format characters, except those that count as whitespace.
+
+    Format characters (Unicode category Cf) include the zero-width space, joiners, the
+    byte order mark, the soft hyphen and the bidirectional marks. Tabs, line breaks and
+    other control characters that Python counts as whitespace are kept.
+    """
+    if value.isascii() and value.isprintable():
+        return value
+    return "".join(
+        character
+        for character in value
+        if character.isspace() or unicodedata.category(character) not in ("Cc", "Cf")
+    )
+
+
+def unescape_character_references(value: str) -> str:
+    """Decode HTML character references such as ``&amp;``, ``&#39;`` and ``&#x27;``.
+
+    Only references that end in ``;`` are decoded, and unknown names are kept as
+    written. ``html.unescape`` alone would also decode some names without the ``;``
+    (``&copy``, ``&not``), which could change a word that follows an ``&``. Values
+    escaped more than once (``&amp;amp;``) are decoded until no reference is left.
+    """
+    while True:
+        decoded = _CHARACTER_REFERENCE_RE.sub(_decode_reference, value)
+        if decoded == value:
+            return value
+        value = decoded
+
+
+def _decode_reference(match: re.Match[str]) -> str:
+    if match.group(1):
+        return html.unescape(match.group())
+    return html.entities.html5.get(match.group(2) + ";", match.group())
+
+
+def clean_text(value: str) -> str:
+    """Decode HTML character references and remove control and format characters.
+
+    The two steps repeat until neither changes the value, because each step can make
+    work for the other. For example, ``&#8203;`` decodes to a zero-width space, and
+    removing one from ``&\\u200bamp;`` leaves a reference. The loop ends because every
+    change makes the value shorter.
+    """
+    while True:
+        cleaned = remove_invisible_characters(unescape_character_references(value))
+        if cleaned == value:
+            return value
+        value = cleaned
+
+
 def collapse_whitespace(value: str) -> str:
-    """Apply Unicode NFC, trim, and turn every run of whitespace into one space."""
-    return _WHITESPACE_RE.sub(" ", unicodedata.normalize("NFC", value)).strip()
+    """Clean ``value`` for display and comparison, keeping its case and punctuation.
+
+    Decodes HTML character references, removes control and format characters (see
+    ``clean_text``), applies Unicode NFC, trims, and turns every run of whitespace into
+    one space: ``"Bath\\u200b &amp;  Shower "`` becomes ``"Bath & Shower"``.
+    """
+    text = unicodedata.normalize("NFC", clean_text(value))
+    return _WHITESPACE_RE.sub(" ", text).strip()
 
 
 def normalise_category(value: str) -> str:
-    """Return the comparison form of a category: NFC, trimmed, single spaces, lower case.
+    """Compute the comparison form of a category.
 
-    ``" Home & Kitchen "`` and ``"home &  kitchen"`` both become ``"home & kitchen"``.
+    Applies ``collapse_whitespace``, then writes apostrophe, comma and ampersand variants
+    as ``'``, ``,`` and ``&``, puts one space after a comma and none before it, one
+    space on each side of an ``&``, and case-folds. ``" Home &amp;Kitchen "``,
+    ``"home\\u200b& kitchen"`` and ``"HOME  &  KITCHEN"`` all become ``"home & kitchen"``,
+    and ``"Men\\u2019s Shoes"`` becomes ``"men's shoes"``. Values that differ in letters,
+    digits or words stay different: ``"&"`` is not rewritten as ``"and"``.
     """
-    return collapse_whitespace(value).casefold()
+    text = collapse_whitespace(value).translate(_PUNCTUATION_VARIANTS)
+    text = _COMMA_RE.sub(_comma_replacement, text)
+    text = _AMPERSAND_RE.sub(" & ", text)
+    return text.strip().casefold()
+
+
+def _comma_replacement(match: re.Match[str]) -> str:
+    text = match.string
+    between_digits = (
+        match.group() == ","
+        and text[match.start() - 1 : match.start()].isdigit()
+        and text[match.end() : match.end() + 1].isdigit()
+    )
+    return "," if between_digits else ", "
 
 
 def safe_name(label: str) -> str:
