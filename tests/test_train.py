@@ -285,3 +285,21 @@ def test_same_run_twice_at_once_refused(processed, tmp_path):
     with exclusive_lock(lock, "a test"):
         with pytest.raises(RuntimeError, match="another process"):
             train(config)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", ["image size", "weights file"])
+def test_late_setting_error_leaves_no_folder(processed, tmp_path, setting):
+    runs = tmp_path / "runs"
+    if setting == "image size":
+        extra = ["--image-size", "8", "--model", "resnet50v2_pool"]
+    else:
+        bad = tmp_path / "bad.weights.h5"
+        bad.write_bytes(b"not an HDF5 file")
+        extra = ["--weights", str(bad)]
+
+    result = run_train(processed, runs, "--epochs", "1", *extra)
+
+    assert result.returncode != 0
+    assert "removed the new run folder" in result.stderr
+    assert [path for path in runs.iterdir() if path.is_dir()] == []

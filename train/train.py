@@ -383,13 +383,35 @@ def _train_locked(
     config: TrainConfig, data: Any, restart: bool, started: float, mixed: bool, strategy: Any
 ) -> dict[str, Any]:
     """The body of ``train``, run while this process holds the run's lock."""
+    new_folder = restart or not (Path(config.runs_dir) / config.resolved_run_name()).exists()
+    run = prepare_run_folder(config, data.fingerprint(), restart)
+    try:
+        return _train_in_folder(config, data, run, started, mixed, strategy)
+    except BaseException:
+        # A setting that fails late (a backbone that needs larger images, a WEIGHTS file
+        # that is not one) would otherwise leave a new folder that `make compare` lists.
+        if new_folder and not has_progress(run):
+            shutil.rmtree(run.path, ignore_errors=True)
+            logger.info("train: removed the new run folder %s, since no epoch finished", run.path)
+        raise
+
+
+def has_progress(run: RunFolder) -> bool:
+    """Return whether a run folder holds a finished epoch or a saved model."""
+    phases = ("head", "fine_tune")
+    return run.model.exists() or any(epochs_done(run.history_path(p)) for p in phases)
+
+
+def _train_in_folder(
+    config: TrainConfig, data: Any, run: RunFolder, started: float, mixed: bool, strategy: Any
+) -> dict[str, Any]:
+    """Train in ``run``'s folder: the part of ``train`` after the folder is ready."""
     import keras
 
     from train.callbacks import log_hparams
     from train.dataset import prepare_for_training
     from train.models import build_model, class_weights, compile_model, unfreeze_top
 
-    run = prepare_run_folder(config, data.fingerprint(), restart)
     values = {
         **config.identity(),
         "epochs": config.epochs,
