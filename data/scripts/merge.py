@@ -46,6 +46,7 @@ from data.scripts.common import (
     stats_path,
     write_stats,
 )
+from data.scripts.extract import OUTPUT_SCHEMA
 from data.scripts.relabel import MERGED_FILE, load_mapping
 from data.scripts.urls import DROP_REASONS, hex_keys, redact_credentials, url_key
 
@@ -67,7 +68,6 @@ MAX_REJECTS_KEPT = 100_000
 MERGED_SOURCE_NAMES = frozenset({"Amazon-Products.csv"})
 # Columns of the extract stage's output that only the merge stage reads.
 EXTRACT_ONLY_COLUMNS = ("url_drop_reason", "key_hash")
-REQUIRED_COLUMNS = ("source_file", "main_category", "image_url", *EXTRACT_ONLY_COLUMNS)
 
 
 def read_extracted(extracted_dir: Path) -> pa.Table:
@@ -75,7 +75,7 @@ def read_extracted(extracted_dir: Path) -> pa.Table:
 
     The files are mapped into memory and the table holds one chunk per file, so this
     copies nothing. Raises FileNotFoundError when there are no files and ValueError
-    when a file was written by an older version of the extract stage.
+    when a file is damaged or was written by another version of the extract stage.
     """
     files = sorted(extracted_dir.glob("*.arrow"))
     if not files:
@@ -92,11 +92,11 @@ def read_extracted(extracted_dir: Path) -> pa.Table:
                 "'make extract' again, which rebuilds it"
             ) from exc
     for path, table in zip(files, tables):
-        missing = [name for name in REQUIRED_COLUMNS if name not in table.column_names]
-        if missing:
+        if not table.schema.equals(OUTPUT_SCHEMA):
             raise ValueError(
-                f"{str(path)!r} has no column(s) {', '.join(missing)}: it was written by an "
-                "older version of the extract stage; run 'make extract' again"
+                f"{str(path)!r} has the columns {', '.join(table.column_names)}, not the ones "
+                "this version's extract stage writes; run 'make extract' again, which "
+                "rebuilds it"
             )
     # Each file is in row order already, so ordering the files by their source name
     # orders the whole table without a sort over every row. The dataset's merged file
